@@ -1,0 +1,1 @@
+"""RTSP/RTP ingest: sessions, depacketizers and the time model."""

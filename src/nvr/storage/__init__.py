@@ -1,0 +1,1 @@
+"""Segment files, the SQLite index and start-up recovery."""
