@@ -50,3 +50,7 @@ class StorageError(NvrError):
 
 class StorageFullError(StorageError):
     """The storage volume has no room left."""
+
+
+class CameraClockJumpError(CameraError):
+    """The camera's media clock stepped or drifted away from ours: the run must end here."""

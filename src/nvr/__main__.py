@@ -1,0 +1,5 @@
+import sys
+
+from nvr.cli import main
+
+sys.exit(main())

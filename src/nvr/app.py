@@ -1,0 +1,120 @@
+"""Wiring and lifecycle: recovery, cameras, API; signals and systemd notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from nvr.api.server import make_app
+from nvr.clock import Clock, SystemClock
+from nvr.config import Config
+from nvr.ingest.camera import CameraState, CameraStatus, CameraSupervisor
+from nvr.storage.index import Index
+from nvr.storage.recorder import Recorder
+from nvr.storage.recovery import check_storage_identity, recover
+from nvr.systemd import notify, watchdog_interval_s
+
+log = logging.getLogger(__name__)
+
+
+class App:
+    def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self.index: Index | None = None
+        self.supervisors: list[CameraSupervisor] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+
+    def statuses(self) -> list[CameraStatus]:
+        return [s.status() for s in self.supervisors]
+
+    async def start(self, *, serve_api: bool = True) -> None:
+        cfg = self.cfg
+        root = cfg.storage.path
+        root.mkdir(parents=True, exist_ok=True)
+        index_path = cfg.storage.index_path
+        index_is_new = not index_path.exists()
+        self.index = index = await Index.open(index_path)
+        check_storage_identity(root, await index.storage_identity(), index_is_new)
+        report = await recover(index, root)
+        if report.segments_recovered or report.runs_ended:
+            log.info("recovered %d segments (%d frames), ended %d runs as crash",
+                     report.segments_recovered, report.frames_kept, report.runs_ended)
+        for cam in cfg.cameras:
+            await index.upsert_camera(cam.id, cam.name, cam.safe_url)
+            recorder = Recorder(
+                cam.id,
+                root=root,
+                index=index,
+                clock=self.clock,
+                segment_seconds=cfg.storage.segment_seconds,
+                writer_queue_frames=cfg.storage.writer_queue_frames,
+            )
+            sup = CameraSupervisor(cam, recorder, self.clock)
+            self.supervisors.append(sup)
+            self._tasks.append(asyncio.create_task(sup.run_forever(), name=f"camera-{cam.id}"))
+        if serve_api:
+            host, _, port = cfg.api.listen.rpartition(":")
+            self._runner = web.AppRunner(make_app(self.statuses), access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, host.strip("[]"), int(port)).start()
+            log.info("API listening on http://%s", cfg.api.listen)
+        log.info("recording %d cameras into %s", len(self.supervisors), root)
+
+    def status_line(self) -> str:
+        states = [s.state for s in self.supervisors]
+        streaming = sum(1 for s in states if s is CameraState.STREAMING)
+        return f"{streaming}/{len(states)} cameras streaming"
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sup, res in zip(self.supervisors, results, strict=True):
+            if isinstance(res, Exception):
+                log.error("camera=%s stopped with %r", sup.cfg.id, res)
+        await asyncio.gather(*(s.recorder.close() for s in self.supervisors))
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.index is not None:
+            await self.index.close()
+
+
+async def serve(cfg: Config) -> int:
+    """Run until SIGTERM/SIGINT; a second signal stops at once. Returns the exit status."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal(signame: str) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second %s: stopping immediately", signame)
+            raise SystemExit(1)
+        log.info("%s: stopping (closing open segments)", signame)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: log.warning("SIGHUP: configuration reload is not supported yet")
+    )
+    app = App(cfg)
+    await app.start()
+    notify("READY=1\nSTATUS=" + app.status_line())
+    interval = watchdog_interval_s()
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval or 5.0)
+            notify(("WATCHDOG=1\n" if interval else "") + "STATUS=" + app.status_line())
+    finally:
+        notify("STOPPING=1")
+        await app.stop()
+    return 0

@@ -1,0 +1,272 @@
+"""The per-camera supervisor: connect, stream, record; on any failure end the run, back off, retry.
+
+One camera's failure never touches another's: each supervisor is its own task and catches
+everything its session and recorder raise, except cancellation (shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from nvr.clock import Clock
+from nvr.config import CameraConfig
+from nvr.errors import (
+    CameraAuthError,
+    CameraClosedError,
+    CameraError,
+    CameraStalledError,
+    DepacketizeError,
+    NvrError,
+    StorageFullError,
+)
+from nvr.ingest.depacketize import depacketizer_for
+from nvr.ingest.rtp import parse_rtp
+from nvr.ingest.session import RtspSession
+from nvr.media import AudioFrame, VideoAccessUnit
+from nvr.storage.model import RunEndReason
+from nvr.storage.recorder import Recorder, WriterBehindError
+
+log = logging.getLogger(__name__)
+
+FRAME_QUEUE_MAX = 2000  # frames between the socket and the recorder before the run is ended
+STREAMING_RESETS_BACKOFF_S = 30.0  # a session that streamed this long clears the failure count
+
+
+class CameraState(StrEnum):
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    BACKOFF = "backoff"
+    DISABLED = "disabled"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class CameraStatus:
+    id: str
+    state: CameraState
+    failures: int  # consecutive failed sessions
+    last_error: str | None
+    last_error_kind: str | None  # "auth", "connect", "closed", "timeout", "error", ...
+    last_frame_wall_ns: int | None
+    runs: int
+    frames: int
+    segments_closed: int
+
+
+def backoff_delay_s(failures: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Capped exponential backoff with jitter: between half and all of min(max, initial*2^(n-1))."""
+    ceiling = min(max_s, initial_s * (2 ** max(0, failures - 1)))
+    return ceiling * (0.5 + 0.5 * rng.random())
+
+
+def end_reason(exc: BaseException) -> RunEndReason:
+    if isinstance(exc, CameraStalledError):
+        return RunEndReason.TIMEOUT
+    if isinstance(exc, CameraClosedError):
+        return RunEndReason.CAMERA_CLOSED
+    if isinstance(exc, StorageFullError):
+        return RunEndReason.DISK_FULL
+    if isinstance(exc, WriterBehindError):
+        return RunEndReason.WRITER_BEHIND
+    return RunEndReason.ERROR
+
+
+def _error_kind(exc: BaseException) -> str:
+    if isinstance(exc, CameraAuthError):
+        return "auth"
+    names = {
+        RunEndReason.TIMEOUT: "timeout",
+        RunEndReason.CAMERA_CLOSED: "closed",
+        RunEndReason.DISK_FULL: "disk_full",
+        RunEndReason.WRITER_BEHIND: "writer_behind",
+    }
+    reason = end_reason(exc)
+    if reason in names:
+        return names[reason]
+    return "connect" if type(exc).__name__ == "CameraConnectError" else "error"
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The first real error inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+_Item = tuple[int, VideoAccessUnit | AudioFrame, int]
+
+
+class CameraSupervisor:
+    def __init__(
+        self,
+        cfg: CameraConfig,
+        recorder: Recorder,
+        clock: Clock,
+        rng: random.Random | None = None,
+        session_factory: Callable[..., RtspSession] = RtspSession,
+    ) -> None:
+        self.cfg = cfg
+        self.recorder = recorder
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._session_factory = session_factory
+        self.state = CameraState.DISABLED if not cfg.enabled else CameraState.CONNECTING
+        self.failures = 0
+        self.last_error: str | None = None
+        self.last_error_kind: str | None = None
+        self._last_frame_mono_ns: int | None = None
+        self.last_frame_wall_ns: int | None = None
+        self._last_logged_mono_ns: int | None = None
+
+    def status(self) -> CameraStatus:
+        st = self.recorder.stats()
+        return CameraStatus(
+            self.cfg.id, self.state, self.failures, self.last_error, self.last_error_kind,
+            self.last_frame_wall_ns, st.runs, st.frames, st.segments_closed,
+        )
+
+    async def run_forever(self) -> None:
+        if not self.cfg.enabled:
+            return
+        try:
+            while True:
+                self.state = CameraState.CONNECTING
+                started_ns = self._clock.monotonic_ns()
+                try:
+                    await self._session_once()
+                    raise CameraClosedError("the camera ended the stream")
+                except asyncio.CancelledError:
+                    raise
+                except Exception as raw:
+                    exc = _first_error(raw)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise exc from None
+                    await self._after_failure(exc, started_ns)
+                delay = backoff_delay_s(
+                    self.failures, self.cfg.backoff_initial_s, self.cfg.backoff_max_s, self._rng
+                )
+                self.state = CameraState.BACKOFF
+                await self._clock.sleep(delay)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.recorder.end_run(RunEndReason.SHUTDOWN))
+            self.state = CameraState.STOPPED
+            raise
+
+    async def _after_failure(self, exc: BaseException, started_ns: int) -> None:
+        streamed_s = (self._clock.monotonic_ns() - started_ns) / 1e9
+        if self.state is CameraState.STREAMING and streamed_s >= STREAMING_RESETS_BACKOFF_S:
+            self.failures = 0
+        self.failures += 1
+        detail = str(exc) if isinstance(exc, NvrError) else f"{type(exc).__name__}: {exc}"
+        self.last_error, self.last_error_kind = detail, _error_kind(exc)
+        try:
+            await self.recorder.end_run(end_reason(exc), detail)
+        except Exception:
+            log.exception("camera=%s could not end the run cleanly", self.cfg.id)
+        self._log_failure(detail, exc)
+
+    def _log_failure(self, detail: str, exc: BaseException) -> None:
+        """Log at growing intervals: failures 1, 2, 4, 8... then at most every 10 minutes."""
+        n = self.failures
+        now = self._clock.monotonic_ns()
+        quiet = self._last_logged_mono_ns is not None and now - self._last_logged_mono_ns < 600e9
+        if n & (n - 1) == 0 or not quiet:
+            self._last_logged_mono_ns = now
+            level = logging.ERROR if not isinstance(exc, CameraError) else logging.WARNING
+            log.log(level, "camera=%s %s (failure %d, retrying with backoff)", self.cfg.id,
+                    detail, n)
+            if not isinstance(exc, NvrError):
+                log.debug("camera=%s traceback", self.cfg.id, exc_info=exc)
+        else:
+            log.debug("camera=%s %s (failure %d)", self.cfg.id, detail, n)
+
+    async def _session_once(self) -> None:
+        cfg = self.cfg
+        user, password = cfg.credentials()
+        queue: asyncio.Queue[_Item] = asyncio.Queue(FRAME_QUEUE_MAX)
+        depacketizers: dict[int, object] = {}
+        early: list[tuple[int, bytes, int]] = []
+        overflow: list[bool] = []
+
+        def deliver(stream: int, data: bytes, recv_ns: int) -> None:
+            dep = depacketizers.get(stream)
+            if dep is None:
+                return
+            try:
+                pkt = parse_rtp(data)
+                dep.push(pkt)  # type: ignore[attr-defined]  # video or audio depacketizer
+            except DepacketizeError as exc:
+                log.debug("camera=%s stream %d: %s", cfg.id, stream, exc)
+            while (out := dep.pull()) is not None:  # type: ignore[attr-defined]
+                if stream == 0:
+                    self._last_frame_mono_ns = recv_ns
+                try:
+                    queue.put_nowait((stream, out, recv_ns))
+                except asyncio.QueueFull:
+                    overflow.append(True)
+                    return
+
+        def on_packet(stream: int, data: bytes, recv_ns: int) -> None:
+            if not depacketizers:
+                early.append((stream, data, recv_ns))
+                return
+            deliver(stream, data, recv_ns)
+
+        session = self._session_factory(
+            cfg.url,
+            username=user,
+            password=password,
+            transport=cfg.transport,
+            want_audio=cfg.audio != "off",
+            timeout_s=cfg.connect_timeout_s,
+            on_packet=on_packet,
+            clock=self._clock,
+        )
+        async with session:
+            depacketizers[0] = depacketizer_for(session.video)
+            if session.audio is not None and cfg.audio != "off":
+                try:
+                    depacketizers[1] = depacketizer_for(session.audio)
+                except CameraError as exc:
+                    log.warning("camera=%s audio not recorded: %s", cfg.id, exc)
+            self.recorder.begin_session(session.video, session.audio, cfg.audio)
+            for item in early:
+                deliver(*item)
+            early.clear()
+            self._last_frame_mono_ns = self._clock.monotonic_ns()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(session.run())
+                tg.create_task(self._consume(queue, overflow))
+                tg.create_task(self._watchdog())
+
+    async def _consume(self, queue: asyncio.Queue[_Item], overflow: list[bool]) -> None:
+        while True:
+            stream, item, recv_ns = await queue.get()
+            if overflow:
+                raise WriterBehindError(
+                    f"camera {self.cfg.id}: {FRAME_QUEUE_MAX} frames waiting for the recorder"
+                )
+            if isinstance(item, VideoAccessUnit):
+                self.last_frame_wall_ns = self._clock.wall_ns()
+                await self.recorder.video(item, recv_ns)
+                if self.recorder.recording:
+                    self.state = CameraState.STREAMING
+            else:
+                await self.recorder.audio(item, stream, recv_ns)
+
+    async def _watchdog(self) -> None:
+        timeout_ns = int(self.cfg.stall_timeout_s * 1e9)
+        while True:
+            last = self._last_frame_mono_ns or self._clock.monotonic_ns()
+            idle_ns = self._clock.monotonic_ns() - last
+            if idle_ns >= timeout_ns:
+                raise CameraStalledError(
+                    f"no video frame for {idle_ns / 1e9:.1f} s (stall_timeout_s = "
+                    f"{self.cfg.stall_timeout_s:g})"
+                )
+            await self._clock.sleep(min(0.5, (timeout_ns - idle_ns) / 1e9))

@@ -1,0 +1,652 @@
+"""The recording index: cameras, runs and segments in SQLite.
+
+One writer connection takes every write, one transaction at a time (an ``asyncio.Lock``
+serializes them, and each transaction runs to its end even if the caller is cancelled). A
+second, read-only connection serves queries; WAL lets it read beside the writer and each query
+sees one committed snapshot.
+
+The writer runs with ``synchronous=FULL``: a commit is on disk when the call returns. That is
+what invariant I2 needs (a segment row is durably ``open`` before its file gets any data) and
+it costs little, since the index commits a few times per segment, not per frame.
+
+The schema lives in ``schema.sql`` (units of every column are there); the storage lifecycle is
+described in ``docs/storage.md``. ``sqlite3`` errors are turned into ``StorageError`` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import sqlite3
+import struct
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import aiosqlite
+
+from nvr.clock import Clock, SystemClock
+from nvr.errors import StorageError
+from nvr.redact import redact_url
+from nvr.storage.model import Fragment, RunEndReason, SegmentFile, SegmentState
+
+SCHEMA_VERSION = 1
+
+MAX_SEGMENT_90K = 3600 * 90_000
+"""Longest wall duration of one segment; schema.sql holds the same bound (324000000)."""
+
+_T = TypeVar("_T")
+_Db = aiosqlite.Connection
+_Params = Sequence[object] | Mapping[str, object]
+_BUSY_TIMEOUT_MS = 10_000
+_CAMERA_ID = re.compile(r"[a-z0-9-]+")
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/@:]*):[^\s/@]*@")
+
+
+# --- fragment map ---------------------------------------------------------------------------
+
+FRAGMENT_MAP_VERSION = 1
+_FRAGMENT_RECORD = struct.Struct("<IQIB")  # media_start_90k, byte_offset, size_bytes, flags
+_FLAG_KEYFRAME = 0x01
+
+
+def encode_fragments(frags: Sequence[Fragment]) -> bytes:
+    """The fragment map blob: a version byte (1), then 17 bytes per fragment, little-endian:
+
+    ====== ===== ==================================================================
+    offset width field
+    ====== ===== ==================================================================
+    0      u32   media_start_90k, relative to the segment start (at most ~13 h)
+    4      u64   byte_offset of the fragment's moof box in the file
+    12     u32   size_bytes of moof + mdat
+    16     u8    flags: bit 0 = the first video sample is a keyframe; others zero
+    ====== ===== ==================================================================
+
+    Fragments must be in file order, must not overlap, and their media starts must not
+    decrease; anything else is a segmenter bug and raises ``StorageError``.
+    """
+    out = bytearray([FRAGMENT_MAP_VERSION])
+    prev: Fragment | None = None
+    for i, f in enumerate(frags):
+        if not (
+            0 <= f.media_start_90k < 2**32
+            and 0 <= f.byte_offset < 2**64
+            and 0 < f.size_bytes < 2**32
+        ):
+            raise StorageError(f"fragment {i} out of range for the fragment map: {f}")
+        if prev is not None and (
+            f.byte_offset < prev.byte_offset + prev.size_bytes
+            or f.media_start_90k < prev.media_start_90k
+        ):
+            raise StorageError(f"fragment {i} is out of order or overlaps fragment {i - 1}: {f}")
+        flags = _FLAG_KEYFRAME if f.keyframe else 0
+        out += _FRAGMENT_RECORD.pack(f.media_start_90k, f.byte_offset, f.size_bytes, flags)
+        prev = f
+    return bytes(out)
+
+
+def decode_fragments(blob: bytes) -> tuple[Fragment, ...]:
+    """Inverse of ``encode_fragments``; a malformed blob raises ``StorageError``."""
+    if not blob or blob[0] != FRAGMENT_MAP_VERSION:
+        head = blob[:1].hex() or "empty"
+        raise StorageError(f"fragment map: unknown version byte ({head})")
+    body = memoryview(blob)[1:]
+    if len(body) % _FRAGMENT_RECORD.size:
+        raise StorageError(
+            f"fragment map: {len(body)} bytes after the version byte is not a whole number "
+            f"of {_FRAGMENT_RECORD.size}-byte records"
+        )
+    frags = []
+    for media_start_90k, byte_offset, size_bytes, flags in _FRAGMENT_RECORD.iter_unpack(body):
+        if flags & ~_FLAG_KEYFRAME:
+            raise StorageError(f"fragment map: unknown flags {flags:#04x}")
+        frags.append(Fragment(media_start_90k, byte_offset, size_bytes, bool(flags)))
+    return tuple(frags)
+
+
+# --- paths ----------------------------------------------------------------------------------
+
+
+def segment_rel_path(camera_id: str, start_90k: int) -> str:
+    """``<camera_id>/<YYYY>/<MM>/<DD>/<HH>/<YYYYMMDDTHHMMSS.fffZ>.mp4`` for a segment start.
+
+    All fields are UTC and come from ``start_90k`` rounded down to the millisecond.
+    """
+    t = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=start_90k // 90)
+    stamp = f"{t:%Y%m%dT%H%M%S}.{t.microsecond // 1000:03d}Z"
+    return f"{camera_id}/{t:%Y/%m/%d/%H}/{stamp}.mp4"
+
+
+def _check_rel_path(rel_path: str) -> None:
+    p = PurePosixPath(rel_path)
+    if not rel_path or p.is_absolute() or "\\" in rel_path or ".." in p.parts:
+        raise StorageError(f"segment path {rel_path!r} is not a plain path under the root")
+
+
+def _scrub(text: str) -> str:
+    """Blank out URL passwords that slipped into free text."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+# --- rows -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    id: int
+    camera_id: str
+    start_90k: int
+    end_90k: int | None  # None while recording
+    end_reason: RunEndReason | None  # None while recording
+    end_detail: str | None
+    clock_offset_ns: int | None  # camera clock minus NVR clock
+    video_codec: str
+    width: int | None
+    height: int | None
+    audio_codec: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    id: int
+    run_id: int
+    camera_id: str
+    rel_path: str  # relative to the storage root
+    state: SegmentState
+    start_90k: int
+    end_90k: int | None  # the facts from here to closed_90k are None until closed
+    media_duration_90k: int | None
+    size_bytes: int | None
+    video_frames: int | None
+    sha256: str | None
+    created_90k: int
+    closed_90k: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Time in a query range not covered by any run, after a run that ended."""
+
+    camera_id: str
+    start_90k: int
+    end_90k: int
+    reason: RunEndReason  # why the run before the gap ended
+    detail: str | None
+    prev_run_id: int
+    next_run_id: int | None  # None: no run has started since (up to the range's end)
+
+
+_RUN_COLS = (
+    "id, camera_id, start_90k, end_90k, end_reason, end_detail, clock_offset_ns, "
+    "video_codec, width, height, audio_codec"
+)
+_SEGMENT_COLS = (
+    "id, run_id, camera_id, path, state, start_90k, end_90k, media_duration_90k, bytes, "
+    "video_frames, sha256, created_90k, closed_90k"
+)
+
+
+def _run_row(r: Any) -> RunRow:
+    reason = None if r[4] is None else RunEndReason(r[4])
+    return RunRow(r[0], r[1], r[2], r[3], reason, r[5], r[6], r[7], r[8], r[9], r[10])
+
+
+def _segment_row(r: Any) -> SegmentRow:
+    return SegmentRow(
+        r[0], r[1], r[2], r[3], SegmentState(r[4]), r[5], r[6], r[7], r[8], r[9], r[10], r[11],
+        r[12],
+    )
+
+
+def _schema_statements() -> Iterable[str]:
+    """schema.sql split into complete statements (triggers contain ';' of their own)."""
+    text = resources.files("nvr.storage").joinpath("schema.sql").read_text(encoding="utf-8")
+    pending = ""
+    for line in text.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if pending.strip() and not pending.strip().startswith("--"):
+        raise StorageError("schema.sql ends with an incomplete statement")
+
+
+# --- the index ------------------------------------------------------------------------------
+
+
+class Index:
+    """Async access to the index database. Create with ``await Index.open(path)``."""
+
+    def __init__(self, db_path: Path, writer: _Db, reader: _Db, clock: Clock, uuid_: str) -> None:
+        self._path = db_path
+        self._writer = writer
+        self._reader = reader
+        self._clock = clock
+        self._uuid = uuid_
+        self._write_lock = asyncio.Lock()
+        self._closed = False
+        self._pending: set[asyncio.Future[Any]] = set()
+
+    @classmethod
+    async def open(cls, db_path: Path, *, clock: Clock | None = None) -> Index:
+        """Open the index at ``db_path``, creating it (and its identity) when absent.
+
+        Refuses, with ``StorageError``, a file that is not an nvr index or whose schema is
+        newer than this code.
+        """
+        clock = clock or SystemClock()
+        db_path = db_path.resolve()
+        writer: _Db | None = None
+        reader: _Db | None = None
+        try:
+            writer = await aiosqlite.connect(db_path, isolation_level=None)
+            for pragma in (
+                f"busy_timeout = {_BUSY_TIMEOUT_MS}",
+                "journal_mode = WAL",
+                "synchronous = FULL",
+                "foreign_keys = ON",
+            ):
+                await writer.execute(f"PRAGMA {pragma}")
+            created = await cls._prepare_schema(writer, db_path, clock)
+            if created:
+                await asyncio.to_thread(_fsync_dir, db_path.parent)
+            reader = await aiosqlite.connect(
+                f"{db_path.as_uri()}?mode=ro", uri=True, isolation_level=None
+            )
+            await reader.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            await reader.execute("PRAGMA query_only = ON")
+            async with reader.execute("SELECT storage_uuid FROM meta") as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise StorageError(f"index {db_path}: the meta row is missing")
+            return cls(db_path, writer, reader, clock, row[0])
+        except BaseException as e:
+            for conn in (reader, writer):
+                if conn is not None:
+                    await conn.close()
+            if isinstance(e, sqlite3.Error):
+                raise StorageError(f"index {db_path}: cannot open: {e}") from e
+            raise
+
+    @staticmethod
+    async def _prepare_schema(db: _Db, db_path: Path, clock: Clock) -> bool:
+        """Create or check the schema; True when it was created now."""
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            version = await _scalar(db, "PRAGMA user_version")
+            if version == 0:
+                others = await _scalar(
+                    db, "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'"
+                )
+                if others:
+                    raise StorageError(
+                        f"index {db_path}: not an nvr index (no schema version, {others} "
+                        "objects present)"
+                    )
+                for stmt in _schema_statements():
+                    await db.execute(stmt)
+                await db.execute(
+                    "INSERT INTO meta (id, schema_version, storage_uuid, created_90k) "
+                    "VALUES (1, ?, ?, ?)",
+                    (SCHEMA_VERSION, str(uuid.uuid4()), _ns_to_90k(clock.wall_ns())),
+                )
+                await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"index {db_path}: schema version {version} is newer than this nvr "
+                    f"understands ({SCHEMA_VERSION}); upgrade nvr or restore a backup"
+                )
+            elif version < SCHEMA_VERSION:
+                # No older versions exist yet; upgrades will go here, one step per version.
+                raise StorageError(f"index {db_path}: no upgrade from schema version {version}")
+            else:
+                meta = await _scalar(db, "SELECT schema_version FROM meta WHERE id = 1")
+                if meta != version:
+                    raise StorageError(
+                        f"index {db_path}: meta.schema_version {meta} disagrees with "
+                        f"user_version {version}"
+                    )
+            await db.execute("COMMIT")
+            return version == 0
+        except BaseException:
+            await db.rollback()
+            raise
+
+    async def close(self) -> None:
+        """Finish the write in progress, then close both connections. Idempotent."""
+        if self._closed:
+            return
+        async with self._write_lock:
+            self._closed = True
+            await self._reader.close()
+            await self._writer.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- plumbing ---
+
+    def _now_90k(self) -> int:
+        return _ns_to_90k(self._clock.wall_ns())
+
+    async def _write(self, what: str, body: Callable[[_Db], Awaitable[_T]]) -> _T:
+        """Run ``body`` in one write transaction. A cancelled caller does not cut it short."""
+        if self._closed:
+            raise StorageError(f"index {self._path}: {what}: the index is closed")
+        task = asyncio.ensure_future(self._transaction(what, body))
+        # Keep the task alive and its outcome observed even if our caller goes away.
+        self._pending.add(task)
+        task.add_done_callback(_settle)
+        task.add_done_callback(self._pending.discard)
+        return await asyncio.shield(task)
+
+    async def _transaction(self, what: str, body: Callable[[_Db], Awaitable[_T]]) -> _T:
+        async with self._write_lock:
+            if self._closed:
+                raise StorageError(f"index {self._path}: {what}: the index is closed")
+            db = self._writer
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await body(db)
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await db.rollback()
+                    raise
+            except sqlite3.Error as e:
+                raise StorageError(f"index {self._path}: {what}: {e}") from e
+            except StorageError as e:
+                raise StorageError(f"index {self._path}: {what}: {e}") from e
+            return result
+
+    @contextlib.asynccontextmanager
+    async def _read(self, what: str, sql: str, params: _Params) -> AsyncIterator[Any]:
+        if self._closed:
+            raise StorageError(f"index {self._path}: {what}: the index is closed")
+        try:
+            async with self._reader.execute(sql, params) as cur:
+                yield cur
+        except sqlite3.Error as e:
+            raise StorageError(f"index {self._path}: {what}: {e}") from e
+
+    async def _fetchall(self, what: str, sql: str, params: Sequence[object]) -> list[Any]:
+        async with self._read(what, sql, params) as cur:
+            return list(await cur.fetchall())
+
+    # --- cameras and runs ---
+
+    async def storage_identity(self) -> str:
+        """The UUID made when this index was created."""
+        return self._uuid
+
+    async def upsert_camera(self, camera_id: str, name: str, source: str) -> None:
+        """Add a camera or update its name and source (a password in the URL is removed)."""
+        if not _CAMERA_ID.fullmatch(camera_id):
+            raise StorageError(f"camera id {camera_id!r} must match [a-z0-9-]+")
+
+        async def body(db: _Db) -> None:
+            await db.execute(
+                "INSERT INTO camera (id, name, source) VALUES (?, ?, ?) ON CONFLICT (id) DO "
+                "UPDATE SET name = excluded.name, source = excluded.source",
+                (camera_id, name, _scrub(redact_url(source))),
+            )
+
+        await self._write(f"upsert_camera({camera_id})", body)
+
+    async def start_run(
+        self,
+        camera_id: str,
+        start_90k: int,
+        *,
+        video_codec: str,
+        width: int | None,
+        height: int | None,
+        audio_codec: str | None,
+        clock_offset_ns: int | None,
+    ) -> int:
+        """Open a run; refused if the camera is unknown or already has an open run."""
+
+        async def body(db: _Db) -> int:
+            cur = await db.execute(
+                "INSERT INTO run (camera_id, start_90k, video_codec, width, height, "
+                "audio_codec, clock_offset_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (camera_id, start_90k, video_codec, width, height, audio_codec, clock_offset_ns),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+        return await self._write(f"start_run(camera {camera_id}, start_90k {start_90k})", body)
+
+    async def end_run(
+        self, run_id: int, end_90k: int, reason: RunEndReason, detail: str | None = None
+    ) -> None:
+        """Close an open run with why it ended; ``detail`` is scrubbed of URL passwords."""
+        reason = RunEndReason(reason)
+        clean = None if detail is None else _scrub(detail)
+
+        async def body(db: _Db) -> None:
+            cur = await db.execute(
+                "UPDATE run SET end_90k = ?, end_reason = ?, end_detail = ? "
+                "WHERE id = ? AND end_90k IS NULL",
+                (end_90k, reason.value, clean, run_id),
+            )
+            if cur.rowcount != 1:
+                raise StorageError("no such open run")
+
+        await self._write(f"end_run(run {run_id}, {reason.value})", body)
+
+    async def set_run_clock_offset(self, run_id: int, clock_offset_ns: int) -> None:
+        async def body(db: _Db) -> None:
+            cur = await db.execute(
+                "UPDATE run SET clock_offset_ns = ? WHERE id = ?", (clock_offset_ns, run_id)
+            )
+            if cur.rowcount != 1:
+                raise StorageError("no such run")
+
+        await self._write(f"set_run_clock_offset(run {run_id})", body)
+
+    # --- segments ---
+
+    async def open_segment(self, run_id: int, camera_id: str, rel_path: str, start_90k: int) -> int:
+        """Insert a segment row in state ``open``; it is committed (durably) on return."""
+        _check_rel_path(rel_path)
+        created_90k = self._now_90k()
+
+        async def body(db: _Db) -> int:
+            cur = await db.execute(
+                "INSERT INTO segment (run_id, camera_id, path, state, start_90k, created_90k) "
+                "VALUES (?, ?, ?, 'open', ?, ?)",
+                (run_id, camera_id, rel_path, start_90k, created_90k),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+        return await self._write(
+            f"open_segment(run {run_id}, camera {camera_id}, {rel_path!r})", body
+        )
+
+    async def close_segment(self, segment_id: int, end_90k: int, facts: SegmentFile) -> None:
+        """Record a finished (or recovered) file's facts and mark the row ``closed``."""
+        what = f"close_segment(segment {segment_id})"
+        blob = encode_fragments(facts.fragments)
+        if facts.fragments:
+            last = facts.fragments[-1]
+            if last.byte_offset + last.size_bytes > facts.size_bytes:
+                raise StorageError(
+                    f"{what}: last fragment ends at byte {last.byte_offset + last.size_bytes}, "
+                    f"past the file's {facts.size_bytes} bytes"
+                )
+        closed_90k = self._now_90k()
+
+        async def body(db: _Db) -> None:
+            cur = await db.execute(
+                "UPDATE segment SET state = 'closed', end_90k = ?, media_duration_90k = ?, "
+                "bytes = ?, video_frames = ?, sha256 = ?, fragments = ?, closed_90k = ? "
+                "WHERE id = ? AND state = 'open'",
+                (
+                    end_90k, facts.media_duration_90k, facts.size_bytes, facts.video_frames,
+                    facts.sha256, blob, closed_90k, segment_id,
+                ),
+            )
+            if cur.rowcount != 1:
+                state = await _scalar(db, "SELECT state FROM segment WHERE id = ?", (segment_id,))
+                raise StorageError("no such segment" if state is None else f"state is {state}")
+
+        await self._write(what, body)
+
+    async def mark_segment_missing(self, segment_id: int) -> None:
+        """The segment's file is gone; keep the row as ``missing`` (I3). Idempotent."""
+
+        async def body(db: _Db) -> None:
+            cur = await db.execute(
+                "UPDATE segment SET state = 'missing' WHERE id = ? AND state <> 'deleting'",
+                (segment_id,),
+            )
+            if cur.rowcount != 1:
+                state = await _scalar(db, "SELECT state FROM segment WHERE id = ?", (segment_id,))
+                raise StorageError("no such segment" if state is None else f"state is {state}")
+
+        await self._write(f"mark_segment_missing(segment {segment_id})", body)
+
+    # --- queries ---
+
+    async def open_runs(self) -> list[RunRow]:
+        """Runs still recording (after a crash: the runs recovery must end)."""
+        sql = f"SELECT {_RUN_COLS} FROM run WHERE end_90k IS NULL ORDER BY id"
+        return [_run_row(r) for r in await self._fetchall("open_runs", sql, ())]
+
+    async def open_segments(self) -> list[SegmentRow]:
+        """Segments in state ``open`` (after a crash: the files recovery must finish)."""
+        sql = f"SELECT {_SEGMENT_COLS} FROM segment WHERE state = 'open' ORDER BY id"
+        return [_segment_row(r) for r in await self._fetchall("open_segments", sql, ())]
+
+    async def runs(self, camera_id: str, start_90k: int, end_90k: int) -> list[RunRow]:
+        """Runs overlapping ``[start_90k, end_90k)``, by start; an open run extends to now."""
+        if end_90k <= start_90k:
+            return []
+        sql = (
+            f"SELECT {_RUN_COLS} FROM run WHERE camera_id = ? AND start_90k < ? "
+            "AND (end_90k IS NULL OR end_90k > ?) ORDER BY start_90k, id"
+        )
+        rows = await self._fetchall(f"runs({camera_id})", sql, (camera_id, end_90k, start_90k))
+        return [_run_row(r) for r in rows]
+
+    async def segments(self, camera_id: str, start_90k: int, end_90k: int) -> list[SegmentRow]:
+        """Segments of every state overlapping ``[start_90k, end_90k)``, ordered by start.
+
+        An open segment counts as reaching to now; a segment that was never closed and is
+        no longer open (missing) counts as the instant of its start.
+        """
+        if end_90k <= start_90k:
+            return []
+        # The first branch is bounded by the segment-length cap, so it scans only segments
+        # that start within that cap before the range; the second catches the rare open
+        # segment older than that (only until recovery closes it).
+        sql = (
+            f"SELECT {_SEGMENT_COLS} FROM segment WHERE camera_id = :cam "
+            "AND start_90k < :end AND start_90k > :start - :cap "
+            "AND (end_90k > :start OR (end_90k IS NULL AND (state = 'open' "
+            "OR start_90k >= :start))) "
+            f"UNION ALL SELECT {_SEGMENT_COLS} FROM segment WHERE state = 'open' "
+            "AND camera_id = :cam AND start_90k <= :start - :cap "
+            "ORDER BY start_90k, id"
+        )
+        params = {"cam": camera_id, "start": start_90k, "end": end_90k, "cap": MAX_SEGMENT_90K}
+        async with self._read(f"segments({camera_id})", sql, params) as cur:
+            rows = await cur.fetchall()
+        return [_segment_row(r) for r in rows]
+
+    async def gaps(self, camera_id: str, start_90k: int, end_90k: int) -> list[Gap]:
+        """Stretches of ``[start_90k, end_90k)`` no run covers, each with the reason the run
+        before it ended. Time before the camera's first run is not a gap (nothing ended);
+        time after the last ended run up to ``end_90k`` is one, with ``next_run_id`` None.
+        """
+        if end_90k <= start_90k:
+            return []
+        # One statement, so one snapshot: the runs in the range plus the last one before it.
+        sql = (
+            f"SELECT {_RUN_COLS} FROM run WHERE camera_id = :cam AND start_90k < :end "
+            "AND (end_90k IS NULL OR end_90k > :start) "
+            f"UNION ALL SELECT * FROM (SELECT {_RUN_COLS} FROM run WHERE camera_id = :cam "
+            "AND end_90k <= :start ORDER BY end_90k DESC, id DESC LIMIT 1)"
+        )
+        params = {"cam": camera_id, "start": start_90k, "end": end_90k}
+        async with self._read(f"gaps({camera_id})", sql, params) as cur:
+            runs = [_run_row(r) for r in await cur.fetchall()]
+        return _derive_gaps(camera_id, start_90k, end_90k, runs)
+
+    async def segment_fragments(self, segment_id: int) -> tuple[Fragment, ...]:
+        """The segment's fragment map; empty while the segment is open."""
+        what = f"segment_fragments(segment {segment_id})"
+        sql = "SELECT fragments FROM segment WHERE id = ?"
+        async with self._read(what, sql, (segment_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise StorageError(f"index {self._path}: {what}: no such segment")
+        if row[0] is None:
+            return ()
+        try:
+            return decode_fragments(row[0])
+        except StorageError as e:
+            raise StorageError(f"index {self._path}: {what}: {e}") from e
+
+
+def _settle(task: asyncio.Future[Any]) -> None:
+    """Mark a write's exception as seen; the awaiting caller (if any) still gets it."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _derive_gaps(camera_id: str, start_90k: int, end_90k: int, runs: list[RunRow]) -> list[Gap]:
+    """``runs``: those overlapping the range, plus at most one that ended at or before it."""
+    before = [r for r in runs if r.end_90k is not None and r.end_90k <= start_90k]
+    inside = sorted((r for r in runs if r not in before), key=lambda r: (r.start_90k, r.id))
+    prev = before[0] if before else None  # the run whose end is the latest so far
+    covered_to = start_90k  # everything before this is covered by a run or is not a gap
+    gaps: list[Gap] = []
+    for r in inside:
+        if r.start_90k > covered_to and prev is not None:
+            gaps.append(_gap(camera_id, covered_to, r.start_90k, prev, r.id))
+        if r.end_90k is None:
+            return gaps  # still recording: nothing after this is a gap
+        if r.end_90k > covered_to:
+            covered_to = r.end_90k
+            prev = r
+    if prev is not None and covered_to < end_90k:
+        gaps.append(_gap(camera_id, covered_to, end_90k, prev, None))
+    return gaps
+
+
+def _gap(camera_id: str, start_90k: int, end_90k: int, prev: RunRow, next_id: int | None) -> Gap:
+    assert prev.end_reason is not None
+    return Gap(camera_id, start_90k, end_90k, prev.end_reason, prev.end_detail, prev.id, next_id)
+
+
+async def _scalar(db: _Db, sql: str, params: Sequence[object] = ()) -> Any:
+    async with db.execute(sql, params) as cur:
+        row = await cur.fetchone()
+    return None if row is None else row[0]
+
+
+def _ns_to_90k(ns: int) -> int:
+    return ns * 9 // 100_000
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,326 @@
+"""Frames in, runs and segments out: the glue between a camera session and storage.
+
+A ``Recorder`` lives as long as its camera. Inside one RTSP session it keeps one run open at a
+time (a clock jump ends the run and the next keyframe starts another); inside a run it cuts
+segments at the keyframes the rotation policy picks, each segment starting exactly where the
+previous one ended. Every video frame is held back until the next one arrives, because a frame's
+duration is the distance to its successor; so the last frame of a segment ends precisely at the
+first frame of the next.
+
+Ordering for invariant I2: the segment row is committed in state ``open`` before the writer
+thread creates the file; the row is closed only after the file is complete and fsynced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nvr.clock import Clock
+from nvr.errors import CameraClockJumpError, StorageError
+from nvr.ingest.timeline import RunTimeline, SegmentTimes, SplitError
+from nvr.media import AudioCodec, AudioFrame, MediaDescription, VideoAccessUnit, VideoParameters
+from nvr.storage.index import Index
+from nvr.storage.model import RunEndReason, SegmentFile
+from nvr.storage.recovery_file import recover_segment_file
+from nvr.storage.segmenter import AudioTrackSpec, RotationPolicy, stagger_offset_90k
+from nvr.storage.writer import CloseSegment, OpenSegment, SegmentWriter, WriteAudio, WriteVideo
+
+log = logging.getLogger(__name__)
+
+
+class WriterBehindError(StorageError):
+    """The writer queue is full: the disk is not keeping up with this camera."""
+
+
+def segment_rel_path(camera_id: str, start_90k: int) -> str:
+    """``<camera>/<YYYY>/<MM>/<DD>/<HH>/<YYYYMMDDTHHMMSS.fffZ>.mp4`` in UTC."""
+    ms = start_90k // 90
+    t = datetime.fromtimestamp(ms // 1000, tz=UTC)
+    stamp = f"{t:%Y%m%dT%H%M%S}.{ms % 1000:03d}Z"
+    return f"{camera_id}/{t:%Y/%m/%d/%H}/{stamp}.mp4"
+
+
+def audio_track_for(media: MediaDescription | None, mode: str) -> AudioTrackSpec | None:
+    """What the segment's audio track will be, from the camera's audio and the config's mode."""
+    if media is None or mode == "off":
+        return None
+    codec = {"MPEG4-GENERIC": AudioCodec.AAC, "PCMA": AudioCodec.PCMA, "PCMU": AudioCodec.PCMU}.get(
+        media.encoding
+    )
+    if codec is None:
+        return None
+    if codec is not AudioCodec.AAC and mode == "copy":
+        return None  # G.711 cannot be copied into MP4; "aac" transcodes it
+    config_hex = media.fmtp.get("config")
+    config = bytes.fromhex(config_hex) if codec is AudioCodec.AAC and config_hex else None
+    return AudioTrackSpec(
+        codec=codec,
+        clock_rate=media.clock_rate,
+        channels=media.channels,
+        config=config,
+        mode="copy" if codec is AudioCodec.AAC else "aac",
+    )
+
+
+@dataclass(slots=True)
+class _Pending:
+    data: bytes
+    media_90k: int
+    is_keyframe: bool
+
+
+@dataclass(slots=True)
+class _Segment:
+    id: int
+    rel_path: str
+    media_start_90k: int
+    provisional_start_90k: int
+    done: asyncio.Future[SegmentFile]
+    frames: int = 0
+
+
+@dataclass(slots=True)
+class _Run:
+    id: int
+    timeline: RunTimeline
+    segment: _Segment | None = None
+    last_duration_90k: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderStats:
+    runs: int
+    segments_closed: int
+    frames: int
+    bytes_closed: int
+
+
+class Recorder:
+    """Records one camera's frames. All methods run on the event loop; I/O goes to the writer."""
+
+    def __init__(
+        self,
+        camera_id: str,
+        *,
+        root: Path,
+        index: Index,
+        clock: Clock,
+        segment_seconds: int,
+        writer_queue_frames: int,
+    ) -> None:
+        self.camera_id = camera_id
+        self._root = root
+        self._index = index
+        self._clock = clock
+        segment_90k = segment_seconds * 90_000
+        self._policy = RotationPolicy(segment_90k, stagger_offset_90k(camera_id, segment_90k))
+        self._writer = SegmentWriter(camera_id, writer_queue_frames)
+        self._run: _Run | None = None
+        self._pending: _Pending | None = None
+        self._params: VideoParameters | None = None
+        self._audio: AudioTrackSpec | None = None
+        self._video_media: MediaDescription | None = None
+        self._audio_codec: str | None = None
+        self.clock_offset_ns: int | None = None
+        self.runs = 0
+        self.segments_closed = 0
+        self.frames = 0
+        self.bytes_closed = 0
+
+    @property
+    def recording(self) -> bool:
+        return self._run is not None
+
+    def begin_session(
+        self, video: MediaDescription, audio: MediaDescription | None, audio_mode: str
+    ) -> None:
+        self._video_media = video
+        self._audio = audio_track_for(audio, audio_mode)
+        self._audio_codec = self._audio.codec.value if self._audio is not None else None
+        if audio is not None and self._audio is None and audio_mode != "off":
+            log.warning(
+                "camera=%s audio %s/%d is not stored (audio = %r; G.711 needs audio = \"aac\")",
+                self.camera_id,
+                audio.encoding,
+                audio.clock_rate,
+                audio_mode,
+            )
+
+    async def video(self, au: VideoAccessUnit, recv_mono_ns: int) -> None:
+        run = self._run
+        if run is None:
+            if not au.is_keyframe or au.parameters is None:
+                return
+            run = await self._start_run(au.parameters)
+        try:
+            media_90k = run.timeline.video(au.timestamp, recv_mono_ns)
+        except CameraClockJumpError as exc:
+            log.warning("camera=%s %s; starting a new run", self.camera_id, exc)
+            await self.end_run(RunEndReason.CLOCK_JUMP, str(exc))
+            if au.is_keyframe and au.parameters is not None:
+                run = await self._start_run(au.parameters)
+                media_90k = run.timeline.video(au.timestamp, recv_mono_ns)
+            else:
+                return
+        if au.parameters is not None:
+            self._params = au.parameters
+        pending = self._pending
+        if pending is not None:
+            duration = media_90k - pending.media_90k
+            if duration <= 0:
+                duration = 1  # two pictures with one timestamp: keep both, a tick apart
+            run.last_duration_90k = duration
+            await self._write_pending(run, pending, duration)
+            seg = run.segment
+            if au.is_keyframe and seg is not None:
+                seg_start = run.timeline.wall_90k(seg.media_start_90k)
+                frame_wall = run.timeline.wall_90k(media_90k)
+                if self._policy.should_rotate(seg_start, frame_wall, True, au.new_parameters):
+                    ended = await self._close_segment(run, media_90k)
+                    if not ended:
+                        await self._start_run(au.parameters or self._params)
+                        run = self._run
+                        assert run is not None
+                        media_90k = run.timeline.video(au.timestamp, recv_mono_ns)
+        if run.segment is None:
+            await self._open_segment(run, media_90k)
+        self._pending = _Pending(au.annexb(), media_90k, au.is_keyframe)
+
+    async def audio(self, frame: AudioFrame, stream: int, recv_mono_ns: int) -> None:
+        run = self._run
+        if run is None or self._audio is None or run.segment is None:
+            return
+        media_90k = run.timeline.audio(stream, frame.timestamp, frame.clock_rate, recv_mono_ns)
+        rel_90k = media_90k - run.segment.media_start_90k
+        if rel_90k < 0:
+            return
+        pts = rel_90k * frame.clock_rate // 90_000
+        self._submit(WriteAudio(frame, pts))
+
+    async def end_run(self, reason: RunEndReason, detail: str | None = None) -> None:
+        """Close the open segment (its last frame keeps the previous frame's duration)."""
+        run = self._run
+        if run is None:
+            return
+        pending = self._pending
+        end_media = run.segment.media_start_90k if run.segment is not None else 0
+        if pending is not None and run.segment is not None:
+            try:
+                await self._write_pending(run, pending, run.last_duration_90k)
+                end_media = pending.media_90k + run.last_duration_90k
+            except WriterBehindError:
+                end_media = pending.media_90k
+        self._pending = None
+        end_90k = run.timeline.wall_90k(end_media)
+        if run.segment is not None:
+            try:
+                times = run.timeline.close_segment(end_media)
+            except SplitError as split:
+                times = split.times
+            end_90k = await self._finish_segment(run, run.segment, times)
+        self._run = None
+        await self._index.end_run(run.id, end_90k, reason, detail)
+        log.info("camera=%s run %d ended: %s%s", self.camera_id, run.id, reason.value,
+                 f" ({detail})" if detail else "")
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._writer.stop)
+
+    # -- internals --
+
+    async def _start_run(self, params: VideoParameters | None) -> _Run:
+        assert params is not None
+        timeline = RunTimeline(
+            start_wall_ns=self._clock.wall_ns(), start_mono_ns=self._clock.monotonic_ns()
+        )
+        run_id = await self._index.start_run(
+            self.camera_id,
+            timeline.start_90k,
+            video_codec=params.codec.value,
+            width=params.width,
+            height=params.height,
+            audio_codec=self._audio_codec,
+            clock_offset_ns=self.clock_offset_ns,
+        )
+        self._params = params
+        self._pending = None
+        self._run = _Run(run_id, timeline)
+        self.runs += 1
+        log.info("camera=%s run %d started (%s %sx%s)", self.camera_id, run_id,
+                 params.codec.value, params.width, params.height)
+        return self._run
+
+    async def _open_segment(self, run: _Run, media_90k: int) -> None:
+        params = self._params
+        assert params is not None
+        start_90k = run.timeline.wall_90k(media_90k)
+        rel = segment_rel_path(self.camera_id, start_90k)
+        seg_id = await self._index.open_segment(run.id, self.camera_id, rel, start_90k)
+        cmd = OpenSegment(self._root / rel, params, self._audio)
+        if not self._writer.submit(cmd):
+            raise WriterBehindError(f"camera {self.camera_id}: writer queue full")
+        run.segment = _Segment(seg_id, rel, media_90k, start_90k, asyncio.wrap_future(cmd.done))
+
+    def _submit(self, cmd: WriteVideo | WriteAudio | CloseSegment) -> None:
+        if not self._writer.submit(cmd):
+            raise WriterBehindError(f"camera {self.camera_id}: writer queue full")
+
+    async def _write_pending(self, run: _Run, pending: _Pending, duration_90k: int) -> None:
+        seg = run.segment
+        assert seg is not None
+        if seg.done.done():
+            seg.done.result()  # raises the writer's error for this segment
+        self._submit(
+            WriteVideo(pending.data, pending.media_90k - seg.media_start_90k, duration_90k,
+                       pending.is_keyframe)
+        )
+        seg.frames += 1
+        self.frames += 1
+
+    async def _close_segment(self, run: _Run, media_end_90k: int) -> bool:
+        """Close the open segment at ``media_end_90k``; False if the run had to end there."""
+        seg = run.segment
+        assert seg is not None
+        try:
+            times = run.timeline.close_segment(media_end_90k)
+        except SplitError as split:
+            await self._finish_segment(run, seg, split.times)
+            self._pending = None
+            run.segment = None
+            self._run = None
+            await self._index.end_run(run.id, split.times.end_90k, RunEndReason.CLOCK_JUMP,
+                                      str(split))
+            log.warning("camera=%s %s; starting a new run", self.camera_id, split)
+            return False
+        await self._finish_segment(run, seg, times)
+        return True
+
+    async def _finish_segment(self, run: _Run, seg: _Segment, times: SegmentTimes) -> int:
+        """Hand the close to the writer, wait for the file's facts, close the row."""
+        run.segment = None
+        if not seg.done.done():
+            if not self._writer.submit(CloseSegment()):
+                await asyncio.to_thread(self._writer.submit_wait, CloseSegment())
+        try:
+            facts = await seg.done
+        except StorageError as exc:
+            recovered = await asyncio.to_thread(recover_segment_file, self._root / seg.rel_path)
+            if recovered is None:
+                await self._index.mark_segment_missing(seg.id)
+                raise
+            end_90k = times.start_90k + recovered.media_duration_90k
+            await self._index.close_segment(seg.id, times.start_90k, end_90k, recovered)
+            log.error("camera=%s segment %s kept %d frames after a write error: %s",
+                      self.camera_id, seg.rel_path, recovered.video_frames, exc)
+            raise
+        await self._index.close_segment(seg.id, times.start_90k, times.end_90k, facts)
+        self.segments_closed += 1
+        self.bytes_closed += facts.size_bytes
+        return times.end_90k
+
+    def stats(self) -> RecorderStats:
+        return RecorderStats(self.runs, self.segments_closed, self.frames, self.bytes_closed)

@@ -1,0 +1,95 @@
+"""Start-up recovery (invariant I2) and the storage identity check.
+
+After a crash the index may hold segments in state ``open`` and runs with no end. Each open
+segment's file is truncated to its last whole fragment, hashed and closed; its run is ended
+with reason ``crash`` at the end of what was kept. Nothing complete is thrown away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from nvr.errors import StorageError
+from nvr.storage.index import Index
+from nvr.storage.model import RunEndReason
+from nvr.storage.recovery_file import recover_segment_file
+
+log = logging.getLogger(__name__)
+
+IDENTITY_FILE = ".nvr-storage"
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    segments_recovered: int
+    segments_missing: int
+    runs_ended: int
+    frames_kept: int
+
+
+async def recover(index: Index, root: Path) -> RecoveryReport:
+    recovered = missing = frames = 0
+    run_ends: dict[int, int] = {}
+    for seg in await index.open_segments():
+        path = root / seg.path
+        facts = await asyncio.to_thread(recover_segment_file, path) if path.exists() else None
+        if facts is None:
+            await index.mark_segment_missing(seg.id)
+            missing += 1
+            log.warning("recovery: segment %s has no usable file; marked missing", seg.path)
+            end_90k = seg.start_90k
+        else:
+            end_90k = seg.start_90k + facts.media_duration_90k
+            await index.close_segment(seg.id, seg.start_90k, end_90k, facts)
+            recovered += 1
+            frames += facts.video_frames
+            log.info("recovery: closed %s: %d frames, %d fragments, %d bytes", seg.path,
+                     facts.video_frames, len(facts.fragments), facts.size_bytes)
+        run_ends[seg.run_id] = max(run_ends.get(seg.run_id, end_90k), end_90k)
+    runs = await index.open_runs()
+    for run in runs:
+        end_90k = run_ends.get(run.id)
+        if end_90k is None:
+            segs = await index.segments(run.camera_id, run.start_90k, 2**62)
+            ends = [s.end_90k for s in segs if s.run_id == run.id and s.end_90k is not None]
+            end_90k = max(ends, default=run.start_90k)
+        await index.end_run(run.id, end_90k, RunEndReason.CRASH, "recorder stopped while recording")
+    if recovered or missing or runs:
+        log.warning("recovery: %d open segments closed, %d missing, %d runs ended as crash",
+                    recovered, missing, len(runs))
+    return RecoveryReport(recovered, missing, len(runs), frames)
+
+
+def check_storage_identity(root: Path, identity: str, index_is_new: bool) -> None:
+    """Tie the storage directory to its index, so a missing mount or swapped disk is refused.
+
+    A new index writes the identity file; an existing one must find its own identity there.
+    """
+    marker = root / IDENTITY_FILE
+    try:
+        found = marker.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        found = None
+    except OSError as exc:
+        raise StorageError(f"{marker}: cannot read storage identity: {exc.strerror}") from None
+    if found == identity:
+        return
+    if found is None and index_is_new:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(f".tmp-{uuid.uuid4().hex}")
+        tmp.write_text(identity + "\n", encoding="ascii")
+        tmp.replace(marker)
+        return
+    if found is None:
+        raise StorageError(
+            f"{root}: storage identity file {IDENTITY_FILE} is missing but the index exists: "
+            "is the storage volume mounted? Refusing to record onto the wrong filesystem."
+        )
+    raise StorageError(
+        f"{root}: storage identity {found} does not match the index ({identity}): "
+        "wrong disk or wrong index. Refusing to start."
+    )

@@ -1,0 +1,1 @@
+"""Test support code shared by test modules (the simulated camera and its helpers)."""

@@ -1,0 +1,371 @@
+#!/usr/bin/python3
+"""A simulated IP camera: GStreamer's RTSP server on loopback, plus a tiny control API.
+
+Runs under the system Python (PyGObject comes from Debian, not the project venv):
+
+    /usr/bin/python3 tools/fakecam.py --rtsp-port 0 --control-port 0 --auth digest \
+        --user admin --password 'p@ss:/%#?' --media-dir /tmp/fakecam-media
+
+When ready it prints one JSON line on stdout: {"ready": true, "rtsp_port": ..., ...}.
+
+Mounts (every client gets its own pipeline, so clients never share timestamps or stalls):
+
+  /live/*  encoded live from videotestsrc/audiotestsrc. H.264: x264enc superfast, Main profile,
+           one slice per frame, no B-frames, IDR every 50 frames, SPS+PPS in-band before every
+           IDR (x264 repeats headers in byte-stream mode) and SEI only in the first frame. H.265:
+           x265enc, no B-frames, closed GOP (IDR), VPS/SPS/PPS repeated before every IDR.
+           AAC: voaacenc 48 kHz mono, RFC 3640 AAC-hbr. G.711: 8 kHz mono, 20 ms per packet.
+  /file/*  the MPEG-TS clips in --media-dir, looped, never re-encoded. What reaches the wire
+           relative to the file's elementary stream:
+           - H.264: every NAL unit of the file (SPS, PPS, SEI, slices) goes out byte for byte
+             and in order, except access unit delimiters (type 9), which rtph264pay drops.
+             Nothing is inserted (h264parse and rtph264pay run with config-interval=0).
+           - H.265: the same: every NAL unit except AUDs (type 35), which rtph265pay drops.
+           - AAC: ADTS headers are stripped by aacparse; the raw frames go out unchanged.
+           Timestamps keep increasing across the loop point (tsdemux treats the PCR jump back
+           as a discontinuity and carries on), so RTP timestamps never step backwards.
+           The pipeline answers SEEKING queries with "not seekable": the server otherwise
+           tries to seek on `PLAY Range: npt=0-`, tsdemux refuses, and the reply is 503.
+
+Control API on http://127.0.0.1:<control-port>:
+  POST /drop              close every client connection now -> {"dropped": n}
+  POST /stall?seconds=N   drop every RTP packet of every running media for N seconds
+  GET  /stats             per mount: clients, rtp_packets, video_access_units
+  POST /quit              stop the server
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer
+
+LOOPBACK = "127.0.0.1"
+GOP_FRAMES = 50
+CLIP_SECONDS = 10
+
+# Clip name -> ffmpeg arguments after the inputs. Video is input 0, a sine tone input 1.
+_H264 = ["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", "-pix_fmt", "yuv420p",
+         "-g", str(GOP_FRAMES), "-keyint_min", str(GOP_FRAMES), "-sc_threshold", "0", "-bf", "0"]
+_H265 = ["-c:v", "libx265", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-x265-params",
+         f"keyint={GOP_FRAMES}:min-keyint={GOP_FRAMES}:scenecut=0:bframes=0:open-gop=0"
+         ":log-level=error"]
+_AAC = ["-c:a", "aac", "-b:a", "64k", "-ac", "1"]
+CLIPS: dict[str, tuple[list[str], bool]] = {
+    "h264": (_H264, False),
+    "h265": (_H265, False),
+    "h264-aac": (_H264 + _AAC, True),
+    "h265-aac": (_H265 + _AAC, True),
+}
+
+
+def make_clips(media_dir: Path, width: int, height: int, fps: int) -> dict[str, Path]:
+    """Create the looped clips (MPEG-TS, exact 2 s GOPs) unless they exist already."""
+    media_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, (codec_args, with_audio) in CLIPS.items():
+        path = media_dir / f"{name}.ts"
+        paths[name] = path
+        if path.exists():
+            continue
+        inputs = ["-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}"]
+        if with_audio:
+            inputs += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
+        tmp = path.with_suffix(".part")
+        cmd = ["ffmpeg", "-v", "error", "-nostdin", "-y", *inputs, "-t", str(CLIP_SECONDS),
+               *codec_args, "-f", "mpegts", str(tmp)]
+        subprocess.run(cmd, check=True)
+        tmp.rename(path)  # atomic: a concurrent maker never sees half a clip
+    return paths
+
+
+def _quote(path: Path) -> str:
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def build_mounts(clips: dict[str, Path], width: int, height: int, fps: int) -> dict[str, str]:
+    """Mount path -> gst-launch description. Payloaders are pay0 (video) and pay1 (audio)."""
+    raw = (f"videotestsrc is-live=true pattern=smpte ! video/x-raw,width={width},"
+           f"height={height},framerate={fps}/1 ! timeoverlay font-desc=\"Sans 24\" ! ")
+    h264 = (raw + "x264enc tune=zerolatency speed-preset=superfast sliced-threads=false "
+            f"key-int-max={GOP_FRAMES} bframes=0 ! video/x-h264,stream-format=byte-stream,"
+            "profile=main ! rtph264pay name=pay0 pt=96 config-interval=0")
+    h265 = (raw + f"x265enc tune=zerolatency speed-preset=superfast key-int-max={GOP_FRAMES} "
+            "option-string=\"bframes=0:open-gop=0:repeat-headers=1\" ! "
+            "rtph265pay name=pay0 pt=96 config-interval=0")
+    aac = ("audiotestsrc is-live=true wave=sine freq=440 ! audio/x-raw,rate=48000,channels=1 "
+           "! voaacenc bitrate=64000 ! rtpmp4gpay name=pay1 pt=97")
+
+    def g711(enc: str, pay: str, pt: int) -> str:
+        return (f"audiotestsrc is-live=true wave=sine freq=440 samplesperbuffer=160 ! "
+                f"audio/x-raw,rate=8000,channels=1 ! {enc} ! {pay} name=pay1 pt={pt}")
+
+    def looped(clip: str, codec: str, audio: bool) -> str:
+        # config-interval=0 on both elements: never insert parameter sets of our own.
+        desc = (f"multifilesrc location={_quote(clips[clip])} loop=true ! tsdemux name=d "
+                f"d. ! {codec}parse config-interval=0 ! queue ! "
+                f"rtp{codec}pay name=pay0 pt=96 config-interval=0")
+        if audio:
+            desc += " d. ! aacparse ! queue ! rtpmp4gpay name=pay1 pt=97"
+        return desc
+
+    return {
+        "/live/h264": h264,
+        "/live/h265": h265,
+        "/live/h264-aac": f"{h264} {aac}",
+        "/live/h264-pcma": f"{h264} {g711('alawenc', 'rtppcmapay', 8)}",
+        "/live/h264-pcmu": f"{h264} {g711('mulawenc', 'rtppcmupay', 0)}",
+        "/live/h265-aac": f"{h265} {aac}",
+        "/file/h264": looped("h264", "h264", False),
+        "/file/h265": looped("h265", "h265", False),
+        "/file/h264-aac": looped("h264-aac", "h264", True),
+        "/file/h265-aac": looped("h265-aac", "h265", True),
+        "/file/h264-pcma": f"{looped('h264', 'h264', False)} {g711('alawenc', 'rtppcmapay', 8)}",
+    }
+
+
+class MountStats:
+    """Counters for one mount; touched from streaming threads, so guarded by a lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.clients = 0
+        self.rtp_packets = 0
+        self.video_access_units = 0
+
+    def as_dict(self) -> dict[str, int]:
+        with self.lock:
+            return {"clients": self.clients, "rtp_packets": self.rtp_packets,
+                    "video_access_units": self.video_access_units}
+
+
+def _buffer_count(info: Gst.PadProbeInfo) -> int:
+    if info.type & Gst.PadProbeType.BUFFER_LIST:
+        return int(info.get_buffer_list().length())
+    return 1
+
+
+class FakeCam:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.stall_until = 0.0  # time.monotonic() before which every RTP packet is dropped
+        self.stats: dict[str, MountStats] = {}
+        self.server = GstRtspServer.RTSPServer()
+        self.server.set_address(LOOPBACK)
+        self.server.set_service(str(args.rtsp_port))
+        clips = make_clips(Path(args.media_dir), args.width, args.height, args.fps)
+        mounts = build_mounts(clips, args.width, args.height, args.fps)
+        auth = self._make_auth(args.auth, args.user, args.password)
+        if auth is not None:
+            self.server.set_auth(auth)
+        points = self.server.get_mount_points()
+        for path, launch in mounts.items():
+            factory = GstRtspServer.RTSPMediaFactory()
+            factory.set_launch(f"( {launch} )")
+            factory.set_shared(False)
+            if auth is not None:
+                factory.add_role_from_structure(Gst.Structure.from_string(
+                    "user, media.factory.access=(boolean)true, "
+                    "media.factory.construct=(boolean)true")[0])
+            self.stats[path] = MountStats()
+            factory.connect("media-configure", self._on_media_configure, path)
+            points.add_factory(path, factory)
+        self.mounts = list(mounts)
+
+    @staticmethod
+    def _make_auth(method: str, user: str, password: str) -> GstRtspServer.RTSPAuth | None:
+        if method == "none":
+            return None
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken.new_empty()
+        token.writable_structure().set_value("media.factory.role", "user")
+        if method == "basic":
+            auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+            auth.set_supported_methods(GstRtspServer.RTSPAuthMethod.BASIC)
+        else:
+            auth.add_digest(user, password, token)
+            auth.set_supported_methods(GstRtspServer.RTSPAuthMethod.DIGEST)
+        return auth
+
+    # --- per-media hooks -------------------------------------------------------------------
+
+    def _on_media_configure(self, _factory: Any, media: GstRtspServer.RTSPMedia,
+                            path: str) -> None:
+        stats = self.stats[path]
+        bin_ = media.get_element()
+        with stats.lock:
+            stats.clients += 1
+        media.connect("unprepared", self._on_media_unprepared, stats)
+        for name in ("pay0", "pay1"):
+            pay = bin_.get_by_name(name)
+            if pay is None:
+                continue
+            data = Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST
+            pay.get_static_pad("src").add_probe(data, self._on_rtp, stats)
+            pay.get_static_pad("src").add_probe(
+                Gst.PadProbeType.QUERY_UPSTREAM, self._on_query)
+            if name == "pay0":
+                pay.get_static_pad("sink").add_probe(data, self._on_access_unit, stats)
+
+    @staticmethod
+    def _on_media_unprepared(_media: Any, stats: MountStats) -> None:
+        with stats.lock:
+            stats.clients -= 1
+
+    def _on_rtp(self, _pad: Gst.Pad, info: Gst.PadProbeInfo, stats: MountStats) -> Any:
+        if time.monotonic() < self.stall_until:
+            return Gst.PadProbeReturn.DROP
+        with stats.lock:
+            stats.rtp_packets += _buffer_count(info)
+        return Gst.PadProbeReturn.OK
+
+    @staticmethod
+    def _on_access_unit(_pad: Gst.Pad, info: Gst.PadProbeInfo, stats: MountStats) -> Any:
+        with stats.lock:
+            stats.video_access_units += _buffer_count(info)
+        return Gst.PadProbeReturn.OK
+
+    @staticmethod
+    def _on_query(_pad: Gst.Pad, info: Gst.PadProbeInfo) -> Any:
+        query = info.get_query()
+        if query.type != Gst.QueryType.SEEKING:
+            return Gst.PadProbeReturn.OK
+        query.set_seeking(Gst.Format.TIME, False, 0, -1)
+        return Gst.PadProbeReturn.HANDLED
+
+    # --- control actions (always run on the GLib main loop) --------------------------------
+
+    def drop_clients(self) -> int:
+        dropped = []
+
+        def close(_server: Any, _client: Any) -> GstRtspServer.RTSPFilterResult:
+            dropped.append(1)
+            return GstRtspServer.RTSPFilterResult.REMOVE
+
+        self.server.client_filter(close)
+        return len(dropped)
+
+    def stall(self, seconds: float) -> None:
+        self.stall_until = time.monotonic() + seconds
+
+
+def call_on_main_loop(func: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+    """Run func on the GLib main loop and wait for its result (from a control thread)."""
+    done = threading.Event()
+    box: list[Any] = []
+
+    def run() -> bool:
+        try:
+            box.append(func())
+        finally:
+            done.set()
+        return False  # one-shot idle source
+
+    GLib.idle_add(run)
+    if not done.wait(timeout_s):
+        raise TimeoutError("GLib main loop did not run the action")
+    return box[0] if box else None
+
+
+def make_control_handler(cam: FakeCam, loop: GLib.MainLoop) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass  # keep stdout for the ready line and stderr quiet
+
+        def _reply(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if urlsplit(self.path).path == "/stats":
+                stats = {path: s.as_dict() for path, s in cam.stats.items()}
+                self._reply(200, {"mounts": stats, "stalled": time.monotonic() < cam.stall_until})
+            else:
+                self._reply(404, {"error": "not found"})
+
+        def do_POST(self) -> None:
+            url = urlsplit(self.path)
+            if url.path == "/drop":
+                self._reply(200, {"dropped": call_on_main_loop(cam.drop_clients)})
+            elif url.path == "/stall":
+                try:
+                    seconds = float(parse_qs(url.query)["seconds"][0])
+                except (KeyError, ValueError):
+                    self._reply(400, {"error": "need ?seconds=N"})
+                    return
+                cam.stall(seconds)
+                self._reply(200, {"stalled_for_s": seconds})
+            elif url.path == "/quit":
+                self._reply(200, {"quitting": True})
+                GLib.idle_add(loop.quit)
+            else:
+                self._reply(404, {"error": "not found"})
+
+    return Handler
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rtsp-port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--control-port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--auth", choices=["none", "basic", "digest"], default="none")
+    p.add_argument("--user", default="admin")
+    p.add_argument("--password", default="admin")
+    p.add_argument("--media-dir", required=True, help="where the looped clips live (made if missing)")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--fps", type=int, default=25)
+    p.add_argument("--make-clips", action="store_true", help="only create the clips, then exit")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.make_clips:
+        make_clips(Path(args.media_dir), args.width, args.height, args.fps)
+        return 0
+    Gst.init(None)
+    cam = FakeCam(args)
+    loop = GLib.MainLoop()
+    if cam.server.attach(None) == 0:
+        print(f"fakecam: cannot listen on {LOOPBACK}:{args.rtsp_port}", file=sys.stderr)
+        return 1
+    control = ThreadingHTTPServer((LOOPBACK, args.control_port), make_control_handler(cam, loop))
+    control.daemon_threads = True
+    threading.Thread(target=control.serve_forever, name="control", daemon=True).start()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        GLib.unix_signal_add(GLib.PRIORITY_HIGH, signum, lambda *_: loop.quit() or False)
+    ready = {"ready": True, "rtsp_port": cam.server.get_bound_port(),
+             "control_port": control.server_address[1], "auth": args.auth,
+             "mounts": cam.mounts, "pid": os.getpid()}
+    print(json.dumps(ready), flush=True)
+    try:
+        loop.run()
+    finally:
+        control.shutdown()
+        control.server_close()
+        call_later_drop = cam.drop_clients  # close connections so clients see EOF at once
+        call_later_drop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
