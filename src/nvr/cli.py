@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import uvloop
 
 from nvr import __version__
 from nvr.config import Config, load_config
@@ -34,7 +35,8 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"  api:     {cfg.api.listen}")
         for cam in cfg.cameras:
             state = "" if cam.enabled else " (disabled)"
-            print(f"  camera {cam.id}: {cam.safe_url} via {cam.transport}, audio {cam.audio}{state}")
+            print(f"  camera {cam.id}: {cam.safe_url} via {cam.transport}, "
+                  f"audio {cam.audio}{state}")
     return 0
 
 
@@ -52,7 +54,7 @@ def _summary(cfg: Config) -> dict[str, object]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nvr.app import serve
+    from nvr.app import serve  # noqa: PLC0415  # keeps PyAV out of check-config's start-up
 
     setup_logging(args.log_level)
     try:
@@ -61,13 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.run
-    try:
-        return runner(serve(cfg))
+        return uvloop.run(serve(cfg))
     except NvrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 
 def redact_url(url: str) -> str:
-    """``rtsp://user:secret@host/x`` -> ``rtsp://user:***@host/x``; unparseable input -> ``<url>``."""
+    """``rtsp://user:secret@host/x`` -> ``rtsp://user:***@host/x``; unparseable -> ``<url>``."""
     try:
         parts = urlsplit(url)
         host = parts.hostname

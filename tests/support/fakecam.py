@@ -54,7 +54,8 @@ def fakecam_unavailable_reason() -> str | None:
         return "ffmpeg/ffprobe not installed"
     probe = subprocess.run(
         [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
-        capture_output=True, check=False,
+        capture_output=True,
+        check=False,
     )
     if probe.returncode != 0:
         return "python3-gi / gir1.2-gst-rtsp-server-1.0 not installed"
@@ -71,7 +72,9 @@ def make_clips(media_dir: Path) -> dict[str, Path]:
     if not all(p.exists() for p in paths.values()):
         subprocess.run(
             [SYSTEM_PYTHON, str(FAKECAM_SCRIPT), "--make-clips", "--media-dir", str(media_dir)],
-            check=True, capture_output=True, timeout=300,
+            check=True,
+            capture_output=True,
+            timeout=300,
         )
     return paths
 
@@ -118,7 +121,10 @@ class FakeCam:
         ]  # fmt: skip
         self._stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in stop)
         self._proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
             start_new_session=True,
         )
         self.auth = auth
@@ -188,7 +194,8 @@ class FakeCam:
         if self.control_port == 0:
             raise FakeCamError("not started")
         req = urllib.request.Request(
-            f"http://{LOOPBACK}:{self.control_port}{path}", method=method,
+            f"http://{LOOPBACK}:{self.control_port}{path}",
+            method=method,
             data=b"" if method == "POST" else None,
         )
         with urllib.request.urlopen(req, timeout=15) as resp:
@@ -211,8 +218,7 @@ class FakeCam:
         mounts = self._control("GET", "/stats")["mounts"]
         assert isinstance(mounts, dict)
         return {
-            path: MountStats(int(s["clients"]), int(s["rtp_packets"]),
-                             int(s["video_access_units"]))
+            path: MountStats(int(s["clients"]), int(s["rtp_packets"]), int(s["video_access_units"]))
             for path, s in mounts.items()
         }
 
@@ -247,7 +253,9 @@ class FakeCam:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -284,12 +292,18 @@ class SdpStream:
 class RawRtspReader:
     """DESCRIBE, SETUP every stream over TCP, PLAY with `Range: npt=0.000-`, then read RTP."""
 
-    def __init__(self, url: str, user: str | None = None, password: str | None = None,
-                 timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        user: str | None = None,
+        password: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
         self.url = url
         self._user, self._password = user, password
         self._sock = socket.create_connection(
-            (urlsplit(url).hostname or LOOPBACK, urlsplit(url).port or 554), timeout=timeout_s)
+            (urlsplit(url).hostname or LOOPBACK, urlsplit(url).port or 554), timeout=timeout_s
+        )
         self._buf = b""
         self._cseq = 0
         self._auth_challenge: dict[str, str] | None = None
@@ -315,8 +329,9 @@ class RawRtspReader:
             self._session = headers["session"].split(";")[0]
         self.request("PLAY", self.url, {"Range": "npt=0.000-"})
 
-    def request(self, method: str, url: str,
-                extra: dict[str, str] | None = None) -> tuple[dict[str, str], bytes]:
+    def request(
+        self, method: str, url: str, extra: dict[str, str] | None = None
+    ) -> tuple[dict[str, str], bytes]:
         for _attempt in range(2):
             self._cseq += 1
             hdrs = {"CSeq": str(self._cseq), "User-Agent": "nvr-test-raw", **(extra or {})}
@@ -349,8 +364,10 @@ class RawRtspReader:
 
         ha1 = md5(f"{user}:{ch['realm']}:{password}")
         response = md5(f"{ha1}:{ch['nonce']}:{md5(f'{method}:{url}')}")
-        return (f'Digest username="{user}", realm="{ch["realm"]}", nonce="{ch["nonce"]}", '
-                f'uri="{url}", response="{response}"')
+        return (
+            f'Digest username="{user}", realm="{ch["realm"]}", nonce="{ch["nonce"]}", '
+            f'uri="{url}", response="{response}"'
+        )
 
     def _fill(self, n: int) -> None:
         while len(self._buf) < n:
@@ -365,7 +382,7 @@ class RawRtspReader:
             if self._buf[0] == 0x24:  # interleaved data before the response: skip it
                 self._fill(4)
                 self._fill(4 + struct.unpack(">H", self._buf[2:4])[0])
-                self._buf = self._buf[4 + struct.unpack(">H", self._buf[2:4])[0]:]
+                self._buf = self._buf[4 + struct.unpack(">H", self._buf[2:4])[0] :]
                 continue
             while b"\r\n\r\n" not in self._buf:
                 self._fill(len(self._buf) + 1)
@@ -405,9 +422,12 @@ class RawRtspReader:
                 offset += 4 + 4 * struct.unpack(">H", data[offset + 2 : offset + 4])[0]
             end = len(data) - (data[-1] if data[0] & 0x20 else 0)
             return RtpPacket(
-                channel=channel, seq=struct.unpack(">H", data[2:4])[0],
-                timestamp=struct.unpack(">I", data[4:8])[0], marker=bool(data[1] & 0x80),
-                payload_type=data[1] & 0x7F, payload=data[offset:end],
+                channel=channel,
+                seq=struct.unpack(">H", data[2:4])[0],
+                timestamp=struct.unpack(">I", data[4:8])[0],
+                marker=bool(data[1] & 0x80),
+                payload_type=data[1] & 0x7F,
+                payload=data[offset:end],
                 recv_mono_ns=time.monotonic_ns(),
             )
 
@@ -488,8 +508,23 @@ def annexb_nal_units(data: bytes) -> list[bytes]:
 def clip_nal_units(clip: Path, codec: Literal["h264", "h265"]) -> list[bytes]:
     """The NAL units of a clip's video elementary stream, in file order (via ffmpeg -c copy)."""
     out = subprocess.run(
-        ["ffmpeg", "-v", "error", "-nostdin", "-i", str(clip), "-map", "0:v", "-c", "copy",
-         "-f", "h264" if codec == "h264" else "hevc", "-"],
-        check=True, capture_output=True, timeout=60,
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-nostdin",
+            "-i",
+            str(clip),
+            "-map",
+            "0:v",
+            "-c",
+            "copy",
+            "-f",
+            "h264" if codec == "h264" else "hevc",
+            "-",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     ).stdout
     return annexb_nal_units(out)

@@ -10,7 +10,7 @@ from aiohttp import web
 from nvr.ingest.camera import CameraStatus
 
 StatusSource = Callable[[], Sequence[CameraStatus]]
-STATUS_KEY: web.AppKey[StatusSource] = web.AppKey("status", StatusSource)
+STATUS_KEY: web.AppKey[StatusSource] = web.AppKey("status")
 
 
 def _status_json(st: CameraStatus) -> dict[str, object]:

@@ -60,7 +60,7 @@ class CameraStatus:
 
 def backoff_delay_s(failures: int, initial_s: float, max_s: float, rng: random.Random) -> float:
     """Capped exponential backoff with jitter: between half and all of min(max, initial*2^(n-1))."""
-    ceiling = min(max_s, initial_s * (2 ** max(0, failures - 1)))
+    ceiling = min(max_s, initial_s * (1 << min(30, max(0, failures - 1))))
     return ceiling * (0.5 + 0.5 * rng.random())
 
 

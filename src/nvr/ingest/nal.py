@@ -264,7 +264,9 @@ class NalDepacketizer:
         try:
             self._take_packet(packet, step.kind, step.lost)
         except PayloadError as exc:
-            self._lose_sync(packet.timestamp)
+            # What the bad packet held is unknown; take it for part of a picture, so
+            # the next timestamp change (or marker) is where clean units start again.
+            self._lose_sync(packet.timestamp, assume_picture=True)
             self.stats.errors += 1
             raise DepacketizeError(self._describe(packet, str(exc))) from None
 
@@ -324,7 +326,7 @@ class NalDepacketizer:
             if pending.fu is not None:
                 raise PayloadError(
                     f"NAL unit type {nal_type} arrived before the fragmented NAL unit "
-                    f"type {self._syntax.nal_type(bytes(pending.fu))} ended"
+                    f"type {self._syntax.nal_type(bytes(pending.fu[:2]))} ended"
                 )
             pending.nals.append(piece.nal)
         else:
@@ -334,17 +336,17 @@ class NalDepacketizer:
         if piece.start:
             if pending.fu is not None:
                 raise PayloadError(
-                    f"FU start of NAL type {nal_type} before the previous fragmented "
-                    f"NAL unit ended"
+                    f"FU start of NAL type {nal_type} before the previous fragmented NAL unit ended"
                 )
             pending.fu = bytearray(piece.header + piece.data)
         else:
             if pending.fu is None:
                 raise PayloadError(f"FU fragment of NAL type {nal_type} without its start")
-            if pending.fu[: len(piece.header)] != piece.header:
+            started_type = self._syntax.nal_type(bytes(pending.fu[:2]))
+            if started_type != nal_type:
                 raise PayloadError(
                     f"FU fragment of NAL type {nal_type} continues a NAL unit of type "
-                    f"{self._syntax.nal_type(bytes(pending.fu))}"
+                    f"{started_type}"
                 )
             pending.fu += piece.data
         if piece.end:
@@ -382,11 +384,10 @@ class NalDepacketizer:
         self._need_keyframe = False
         self._loss_before = False
 
-    def _lose_sync(self, timestamp: int) -> None:
+    def _lose_sync(self, timestamp: int, *, assume_picture: bool = False) -> None:
         """Forget the partial unit; discard until a boundary, then wait for a keyframe."""
-        if self._state is not DepacketizerState.NEW:
-            self._loss_before = True
-        self._pending = _Pending(timestamp, clean=False)
+        self._loss_before = True
+        self._pending = _Pending(timestamp, clean=False, has_vcl=assume_picture)
         self._state = DepacketizerState.SYNC_LOST
         self._need_keyframe = True
 

@@ -45,9 +45,7 @@ def parse_rtp(data: bytes) -> RtpPacket:
     first, second, sequence, timestamp, ssrc = _FIXED_HEADER.unpack_from(data)
     version = first >> 6
     if version != RTP_VERSION:
-        raise DepacketizeError(
-            f"RTP version {version}, expected 2 ({size} bytes: {hexdump(data)})"
-        )
+        raise DepacketizeError(f"RTP version {version}, expected 2 ({size} bytes: {hexdump(data)})")
     csrc_count = first & 0x0F
     offset = RTP_HEADER_LEN + 4 * csrc_count
     if offset > size:
@@ -77,7 +75,7 @@ def _skip_extension(data: bytes, offset: int, sequence: int) -> int:
             f"RTP packet seq={sequence}: header extension flag set but only "
             f"{size - offset} bytes follow the CSRC list ({hexdump(data)})"
         )
-    (words,) = struct.unpack_from("!H", data, offset + 2)
+    words = int.from_bytes(data[offset + 2 : offset + 4], "big")
     end = offset + 4 + 4 * words
     if end > size:
         raise DepacketizeError(

@@ -10,7 +10,8 @@ what invariant I2 needs (a segment row is durably ``open`` before its file gets 
 it costs little, since the index commits a few times per segment, not per frame.
 
 The schema lives in ``schema.sql`` (units of every column are there); the storage lifecycle is
-described in ``docs/storage.md``. ``sqlite3`` errors are turned into ``StorageError`` here.
+described in ``docs/storage.md``. ``sqlite3`` errors become ``StorageError`` here, with the
+operation in the message (``StorageFullError`` when the disk is full).
 """
 
 from __future__ import annotations
@@ -33,14 +34,18 @@ from typing import Any, Self, TypeVar
 import aiosqlite
 
 from nvr.clock import Clock, SystemClock
-from nvr.errors import StorageError
+from nvr.errors import StorageError, StorageFullError
 from nvr.redact import redact_url
 from nvr.storage.model import Fragment, RunEndReason, SegmentFile, SegmentState
 
 SCHEMA_VERSION = 1
 
-MAX_SEGMENT_90K = 3600 * 90_000
-"""Longest wall duration of one segment; schema.sql holds the same bound (324000000)."""
+MAX_SEGMENT_90K = 2 * 3600 * 90_000
+"""Longest wall duration of one segment; schema.sql holds the same bound (648000000).
+
+Twice the longest ``segment_seconds`` the config accepts (3600), leaving room for the wait for
+the next keyframe. Time-range queries use it to bound their search.
+"""
 
 _T = TypeVar("_T")
 _Db = aiosqlite.Connection
@@ -158,7 +163,7 @@ class SegmentRow:
     id: int
     run_id: int
     camera_id: str
-    rel_path: str  # relative to the storage root
+    path: str  # relative to the storage root, '/'-separated
     state: SegmentState
     start_90k: int
     end_90k: int | None  # the facts from here to closed_90k are None until closed
@@ -180,7 +185,7 @@ class Gap:
     reason: RunEndReason  # why the run before the gap ended
     detail: str | None
     prev_run_id: int
-    next_run_id: int | None  # None: no run has started since (up to the range's end)
+    next_run_id: int | None  # the run that ends the gap; None when the gap reaches the range end
 
 
 _RUN_COLS = (
@@ -242,7 +247,7 @@ class Index:
         newer than this code.
         """
         clock = clock or SystemClock()
-        db_path = db_path.resolve()
+        db_path = await asyncio.to_thread(db_path.resolve)
         writer: _Db | None = None
         reader: _Db | None = None
         try:
@@ -272,7 +277,7 @@ class Index:
                 if conn is not None:
                     await conn.close()
             if isinstance(e, sqlite3.Error):
-                raise StorageError(f"index {db_path}: cannot open: {e}") from e
+                raise _translate(e, f"index {db_path}: cannot open") from e
             raise
 
     @staticmethod
@@ -280,7 +285,7 @@ class Index:
         """Create or check the schema; True when it was created now."""
         await db.execute("BEGIN IMMEDIATE")
         try:
-            version = await _scalar(db, "PRAGMA user_version")
+            version = int(await _scalar(db, "PRAGMA user_version"))
             if version == 0:
                 others = await _scalar(
                     db, "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'"
@@ -366,9 +371,9 @@ class Index:
                     await db.rollback()
                     raise
             except sqlite3.Error as e:
-                raise StorageError(f"index {self._path}: {what}: {e}") from e
+                raise _translate(e, f"index {self._path}: {what}") from e
             except StorageError as e:
-                raise StorageError(f"index {self._path}: {what}: {e}") from e
+                raise type(e)(f"index {self._path}: {what}: {e}") from e
             return result
 
     @contextlib.asynccontextmanager
@@ -379,7 +384,7 @@ class Index:
             async with self._reader.execute(sql, params) as cur:
                 yield cur
         except sqlite3.Error as e:
-            raise StorageError(f"index {self._path}: {what}: {e}") from e
+            raise _translate(e, f"index {self._path}: {what}") from e
 
     async def _fetchall(self, what: str, sql: str, params: Sequence[object]) -> list[Any]:
         async with self._read(what, sql, params) as cur:
@@ -477,8 +482,15 @@ class Index:
             f"open_segment(run {run_id}, camera {camera_id}, {rel_path!r})", body
         )
 
-    async def close_segment(self, segment_id: int, end_90k: int, facts: SegmentFile) -> None:
-        """Record a finished (or recovered) file's facts and mark the row ``closed``."""
+    async def close_segment(
+        self, segment_id: int, end_90k: int, facts: SegmentFile, *, start_90k: int | None = None
+    ) -> None:
+        """Record a finished (or recovered) file's facts and mark the row ``closed``.
+
+        ``start_90k``, when given, replaces the start recorded at open: a run's wall-time
+        anchor is refined until its first segment closes (docs/time.md). When the segment is
+        the first of its run, the run's start moves with it, in the same transaction.
+        """
         what = f"close_segment(segment {segment_id})"
         blob = encode_fragments(facts.fragments)
         if facts.fragments:
@@ -492,17 +504,24 @@ class Index:
 
         async def body(db: _Db) -> None:
             cur = await db.execute(
-                "UPDATE segment SET state = 'closed', end_90k = ?, media_duration_90k = ?, "
-                "bytes = ?, video_frames = ?, sha256 = ?, fragments = ?, closed_90k = ? "
-                "WHERE id = ? AND state = 'open'",
+                "UPDATE segment SET state = 'closed', start_90k = coalesce(?, start_90k), "
+                "end_90k = ?, media_duration_90k = ?, bytes = ?, video_frames = ?, sha256 = ?, "
+                "fragments = ?, closed_90k = ? WHERE id = ? AND state = 'open'",
                 (
-                    end_90k, facts.media_duration_90k, facts.size_bytes, facts.video_frames,
-                    facts.sha256, blob, closed_90k, segment_id,
+                    start_90k, end_90k, facts.media_duration_90k, facts.size_bytes,
+                    facts.video_frames, facts.sha256, blob, closed_90k, segment_id,
                 ),
             )
             if cur.rowcount != 1:
                 state = await _scalar(db, "SELECT state FROM segment WHERE id = ?", (segment_id,))
                 raise StorageError("no such segment" if state is None else f"state is {state}")
+            if start_90k is not None:
+                await db.execute(
+                    "UPDATE run SET start_90k = :start WHERE id = (SELECT run_id FROM segment "
+                    "WHERE id = :seg) AND start_90k <> :start AND NOT EXISTS (SELECT 1 FROM "
+                    "segment AS s WHERE s.run_id = run.id AND s.start_90k < :start)",
+                    {"start": start_90k, "seg": segment_id},
+                )
 
         await self._write(what, body)
 
@@ -524,12 +543,12 @@ class Index:
 
     async def open_runs(self) -> list[RunRow]:
         """Runs still recording (after a crash: the runs recovery must end)."""
-        sql = f"SELECT {_RUN_COLS} FROM run WHERE end_90k IS NULL ORDER BY id"
+        sql = f"SELECT {_RUN_COLS} FROM run WHERE end_90k IS NULL ORDER BY +id"
         return [_run_row(r) for r in await self._fetchall("open_runs", sql, ())]
 
     async def open_segments(self) -> list[SegmentRow]:
         """Segments in state ``open`` (after a crash: the files recovery must finish)."""
-        sql = f"SELECT {_SEGMENT_COLS} FROM segment WHERE state = 'open' ORDER BY id"
+        sql = f"SELECT {_SEGMENT_COLS} FROM segment WHERE state = 'open' ORDER BY +id"
         return [_segment_row(r) for r in await self._fetchall("open_segments", sql, ())]
 
     async def runs(self, camera_id: str, start_90k: int, end_90k: int) -> list[RunRow]:
@@ -553,14 +572,15 @@ class Index:
             return []
         # The first branch is bounded by the segment-length cap, so it scans only segments
         # that start within that cap before the range; the second catches the rare open
-        # segment older than that (only until recovery closes it).
+        # segment older than that (only until recovery closes it). '+' keeps the planner on
+        # the small partial index of open segments there.
         sql = (
             f"SELECT {_SEGMENT_COLS} FROM segment WHERE camera_id = :cam "
             "AND start_90k < :end AND start_90k > :start - :cap "
             "AND (end_90k > :start OR (end_90k IS NULL AND (state = 'open' "
             "OR start_90k >= :start))) "
             f"UNION ALL SELECT {_SEGMENT_COLS} FROM segment WHERE state = 'open' "
-            "AND camera_id = :cam AND start_90k <= :start - :cap "
+            "AND +camera_id = :cam AND +start_90k <= :start - :cap "
             "ORDER BY start_90k, id"
         )
         params = {"cam": camera_id, "start": start_90k, "end": end_90k, "cap": MAX_SEGMENT_90K}
@@ -571,7 +591,8 @@ class Index:
     async def gaps(self, camera_id: str, start_90k: int, end_90k: int) -> list[Gap]:
         """Stretches of ``[start_90k, end_90k)`` no run covers, each with the reason the run
         before it ended. Time before the camera's first run is not a gap (nothing ended);
-        time after the last ended run up to ``end_90k`` is one, with ``next_run_id`` None.
+        time after the last ended run up to ``end_90k`` is one. Gaps are cut to the range; one
+        cut at ``end_90k`` has ``next_run_id`` None even if a run starts later.
         """
         if end_90k <= start_90k:
             return []
@@ -632,6 +653,13 @@ def _derive_gaps(camera_id: str, start_90k: int, end_90k: int, runs: list[RunRow
 def _gap(camera_id: str, start_90k: int, end_90k: int, prev: RunRow, next_id: int | None) -> Gap:
     assert prev.end_reason is not None
     return Gap(camera_id, start_90k, end_90k, prev.end_reason, prev.end_detail, prev.id, next_id)
+
+
+def _translate(e: sqlite3.Error, context: str) -> StorageError:
+    """The one place sqlite3 errors become ours; a full disk gets its own type."""
+    code = getattr(e, "sqlite_errorcode", None)
+    full = code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+    return (StorageFullError if full else StorageError)(f"{context}: {e}")
 
 
 async def _scalar(db: _Db, sql: str, params: Sequence[object] = ()) -> Any:

@@ -326,9 +326,13 @@ def _parse_trun(
         size = None if size is None or sample_size is None else size + sample_size
         if i == 0 and first_flags is None:
             first_flags = values.get(_TRUN_FLAGS, default_flags)
-    return count, duration, first_flags if first_flags is not None else default_flags, (
-        data_offset
-    ), size
+    return (
+        count,
+        duration,
+        first_flags if first_flags is not None else default_flags,
+        data_offset,
+        size,
+    )
 
 
 class Mp4Scanner:
@@ -398,8 +402,9 @@ class Mp4Scanner:
             used = len(take) - extra
             del self._buf[:]
             self.position += used
-            head = BoxHeader(head.box_type, self.position - head.header_size, head.header_size,
-                             head.size)
+            head = BoxHeader(
+                head.box_type, self.position - head.header_size, head.header_size, head.size
+            )
             self._start(head)
             if self._box is not None and self._box.size == head.header_size:
                 # Empty payload: finished right away.
@@ -452,9 +457,13 @@ class Mp4Scanner:
             moof_offset, sequence, runs, moof_end = self._pending_moof
             self._pending_moof = None
             for run in runs:
-                if run.data_start is not None and run.data_size is not None and not (
-                    moof_end + box.header_size <= run.data_start
-                    and run.data_start + run.data_size <= end
+                if (
+                    run.data_start is not None
+                    and run.data_size is not None
+                    and not (
+                        moof_end + box.header_size <= run.data_start
+                        and run.data_start + run.data_size <= end
+                    )
                 ):
                     raise Mp4FormatError(
                         f"track {run.track_id} samples of moof at {moof_offset} lie outside "
@@ -483,3 +492,95 @@ def last_whole_fragment_end(data: bytes | bytearray | memoryview) -> int | None:
     scanner cannot read, is.
     """
     return scan(data).whole_end
+
+
+# --- video samples -------------------------------------------------------------------
+
+
+def annexb_nal_units(data: bytes) -> list[bytes]:
+    """Split an Annex B byte string at its start codes.
+
+    A NAL unit never ends in a zero byte and never contains ``00 00 00``/``00 00 01``
+    (emulation prevention), so the split is exact: zeros before a start code are the
+    start code's leading zero or trailing padding, never NAL bytes. Bytes before the
+    first start code are not a NAL unit and are rejected.
+    """
+    units: list[bytes] = []
+    pos = data.find(b"\x00\x00\x01")
+    if pos < 0 or data[:pos].strip(b"\x00"):
+        raise Mp4FormatError(f"not Annex B: no start code at the beginning ({data[:8].hex()})")
+    start = pos + 3
+    while True:
+        nxt = data.find(b"\x00\x00\x01", start)
+        end = len(data) if nxt < 0 else nxt
+        nal = data[start:end].rstrip(b"\x00")
+        if nal:
+            units.append(nal)
+        if nxt < 0:
+            return units
+        start = nxt + 3
+
+
+def annexb_to_sample(data: bytes) -> bytes:
+    """Annex B access unit to an MP4 sample: every NAL unit, 4-byte length prefixed."""
+    return b"".join(len(nal).to_bytes(4, "big") + nal for nal in annexb_nal_units(data))
+
+
+def sample_nal_units(sample: bytes, length_size: int = 4) -> list[bytes]:
+    """An MP4 sample (length-prefixed NAL units) back to its NAL units."""
+    units: list[bytes] = []
+    pos = 0
+    while pos < len(sample):
+        if pos + length_size > len(sample):
+            raise Mp4FormatError(f"sample truncated in a NAL length at +{pos}")
+        size = int.from_bytes(sample[pos : pos + length_size], "big")
+        pos += length_size
+        if pos + size > len(sample):
+            raise Mp4FormatError(f"NAL unit of {size} bytes at +{pos} overruns the sample")
+        units.append(sample[pos : pos + size])
+        pos += size
+    return units
+
+
+def top_level_box(data: bytes, box_type: bytes) -> bytes:
+    """Payload of the first top-level box of ``box_type`` in a whole byte string."""
+    pos = 0
+    while True:
+        head = parse_box_header(data, pos)
+        if head is None or head.size == 0 or pos + head.size > len(data):
+            raise Mp4FormatError(f"no complete {box_type!r} box at the top level")
+        if head.box_type == box_type:
+            return data[pos + head.header_size : pos + head.size]
+        pos += head.size
+
+
+# Bytes of a VisualSampleEntry before its child boxes (SampleEntry 8 + visual fields 70).
+_VISUAL_SAMPLE_ENTRY_FIELDS = 78
+
+
+def video_sample_entry(moov_payload: bytes) -> tuple[bytes, bytes, bytes]:
+    """(sample entry type, config box type, config payload) of the first video track.
+
+    E.g. ``(b"hvc1", b"hvcC", <HEVCDecoderConfigurationRecord>)``.
+    """
+    for box_type, trak in _children(moov_payload, "moov"):
+        if box_type != b"trak":
+            continue
+        path = [trak]
+        for name in (b"mdia", b"minf", b"stbl", b"stsd"):
+            found = [body for t, body in _children(path[-1], name.decode()) if t == name]
+            if not found:
+                break
+            path.append(found[0])
+        else:
+            stsd = path[-1]
+            entries = _children(stsd[8:], "stsd")  # full box header + entry count
+            if not entries:
+                continue
+            entry_type, entry = entries[0]
+            if len(entry) < _VISUAL_SAMPLE_ENTRY_FIELDS:
+                continue
+            for child_type, child in _children(entry[_VISUAL_SAMPLE_ENTRY_FIELDS:], "entry"):
+                if child_type in (b"avcC", b"hvcC"):
+                    return entry_type, child_type, child
+    raise Mp4FormatError("no avcC/hvcC video sample entry in moov")

@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from nvr.clock import Clock
 from nvr.errors import CameraClockJumpError, StorageError
 from nvr.ingest.timeline import RunTimeline, SegmentTimes, SplitError
 from nvr.media import AudioCodec, AudioFrame, MediaDescription, VideoAccessUnit, VideoParameters
-from nvr.storage.index import Index
+from nvr.storage.index import Index, segment_rel_path
 from nvr.storage.model import RunEndReason, SegmentFile
 from nvr.storage.recovery_file import recover_segment_file
 from nvr.storage.segmenter import AudioTrackSpec, RotationPolicy, stagger_offset_90k
@@ -34,14 +33,6 @@ log = logging.getLogger(__name__)
 
 class WriterBehindError(StorageError):
     """The writer queue is full: the disk is not keeping up with this camera."""
-
-
-def segment_rel_path(camera_id: str, start_90k: int) -> str:
-    """``<camera>/<YYYY>/<MM>/<DD>/<HH>/<YYYYMMDDTHHMMSS.fffZ>.mp4`` in UTC."""
-    ms = start_90k // 90
-    t = datetime.fromtimestamp(ms // 1000, tz=UTC)
-    stamp = f"{t:%Y%m%dT%H%M%S}.{ms % 1000:03d}Z"
-    return f"{camera_id}/{t:%Y/%m/%d/%H}/{stamp}.mp4"
 
 
 def audio_track_for(media: MediaDescription | None, mode: str) -> AudioTrackSpec | None:
@@ -152,20 +143,18 @@ class Recorder:
 
     async def video(self, au: VideoAccessUnit, recv_mono_ns: int) -> None:
         run = self._run
+        media_90k = 0
+        if run is not None:
+            try:
+                media_90k = run.timeline.video(au.timestamp, recv_mono_ns)
+            except CameraClockJumpError as exc:
+                log.warning("camera=%s %s; starting a new run", self.camera_id, exc)
+                await self.end_run(RunEndReason.CLOCK_JUMP, str(exc))
+                run = None
         if run is None:
             if not au.is_keyframe or au.parameters is None:
                 return
-            run = await self._start_run(au.parameters)
-        try:
-            media_90k = run.timeline.video(au.timestamp, recv_mono_ns)
-        except CameraClockJumpError as exc:
-            log.warning("camera=%s %s; starting a new run", self.camera_id, exc)
-            await self.end_run(RunEndReason.CLOCK_JUMP, str(exc))
-            if au.is_keyframe and au.parameters is not None:
-                run = await self._start_run(au.parameters)
-                media_90k = run.timeline.video(au.timestamp, recv_mono_ns)
-            else:
-                return
+            run, media_90k = await self._start_run(au, recv_mono_ns)
         if au.parameters is not None:
             self._params = au.parameters
         pending = self._pending
@@ -179,13 +168,9 @@ class Recorder:
             if au.is_keyframe and seg is not None:
                 seg_start = run.timeline.wall_90k(seg.media_start_90k)
                 frame_wall = run.timeline.wall_90k(media_90k)
-                if self._policy.should_rotate(seg_start, frame_wall, True, au.new_parameters):
-                    ended = await self._close_segment(run, media_90k)
-                    if not ended:
-                        await self._start_run(au.parameters or self._params)
-                        run = self._run
-                        assert run is not None
-                        media_90k = run.timeline.video(au.timestamp, recv_mono_ns)
+                rotate = self._policy.should_rotate(seg_start, frame_wall, True, au.new_parameters)
+                if rotate and not await self._close_segment(run, media_90k):
+                    run, media_90k = await self._start_run(au, recv_mono_ns)
         if run.segment is None:
             await self._open_segment(run, media_90k)
         self._pending = _Pending(au.annexb(), media_90k, au.is_keyframe)
@@ -232,11 +217,14 @@ class Recorder:
 
     # -- internals --
 
-    async def _start_run(self, params: VideoParameters | None) -> _Run:
-        assert params is not None
+    async def _start_run(self, au: VideoAccessUnit, recv_mono_ns: int) -> tuple[_Run, int]:
+        """Start a run at keyframe ``au``; returns the run and the frame's media time (0)."""
+        params = au.parameters
+        assert params is not None and au.is_keyframe
         timeline = RunTimeline(
             start_wall_ns=self._clock.wall_ns(), start_mono_ns=self._clock.monotonic_ns()
         )
+        media_90k = timeline.video(au.timestamp, recv_mono_ns)
         run_id = await self._index.start_run(
             self.camera_id,
             timeline.start_90k,
@@ -248,11 +236,11 @@ class Recorder:
         )
         self._params = params
         self._pending = None
-        self._run = _Run(run_id, timeline)
+        self._run = run = _Run(run_id, timeline)
         self.runs += 1
         log.info("camera=%s run %d started (%s %sx%s)", self.camera_id, run_id,
                  params.codec.value, params.width, params.height)
-        return self._run
+        return run, media_90k
 
     async def _open_segment(self, run: _Run, media_90k: int) -> None:
         params = self._params
@@ -302,9 +290,8 @@ class Recorder:
     async def _finish_segment(self, run: _Run, seg: _Segment, times: SegmentTimes) -> int:
         """Hand the close to the writer, wait for the file's facts, close the row."""
         run.segment = None
-        if not seg.done.done():
-            if not self._writer.submit(CloseSegment()):
-                await asyncio.to_thread(self._writer.submit_wait, CloseSegment())
+        if not seg.done.done() and not self._writer.submit(CloseSegment()):
+            await asyncio.to_thread(self._writer.submit_wait, CloseSegment())
         try:
             facts = await seg.done
         except StorageError as exc:
@@ -313,11 +300,11 @@ class Recorder:
                 await self._index.mark_segment_missing(seg.id)
                 raise
             end_90k = times.start_90k + recovered.media_duration_90k
-            await self._index.close_segment(seg.id, times.start_90k, end_90k, recovered)
+            await self._index.close_segment(seg.id, end_90k, recovered, start_90k=times.start_90k)
             log.error("camera=%s segment %s kept %d frames after a write error: %s",
                       self.camera_id, seg.rel_path, recovered.video_frames, exc)
             raise
-        await self._index.close_segment(seg.id, times.start_90k, times.end_90k, facts)
+        await self._index.close_segment(seg.id, times.end_90k, facts, start_90k=times.start_90k)
         self.segments_closed += 1
         self.bytes_closed += facts.size_bytes
         return times.end_90k

@@ -44,7 +44,7 @@ async def recover(index: Index, root: Path) -> RecoveryReport:
             end_90k = seg.start_90k
         else:
             end_90k = seg.start_90k + facts.media_duration_90k
-            await index.close_segment(seg.id, seg.start_90k, end_90k, facts)
+            await index.close_segment(seg.id, end_90k, facts)
             recovered += 1
             frames += facts.video_frames
             log.info("recovery: closed %s: %d frames, %d fragments, %d bytes", seg.path,
@@ -52,12 +52,12 @@ async def recover(index: Index, root: Path) -> RecoveryReport:
         run_ends[seg.run_id] = max(run_ends.get(seg.run_id, end_90k), end_90k)
     runs = await index.open_runs()
     for run in runs:
-        end_90k = run_ends.get(run.id)
-        if end_90k is None:
+        run_end = run_ends.get(run.id)
+        if run_end is None:
             segs = await index.segments(run.camera_id, run.start_90k, 2**62)
             ends = [s.end_90k for s in segs if s.run_id == run.id and s.end_90k is not None]
-            end_90k = max(ends, default=run.start_90k)
-        await index.end_run(run.id, end_90k, RunEndReason.CRASH, "recorder stopped while recording")
+            run_end = max(ends, default=run.start_90k)
+        await index.end_run(run.id, run_end, RunEndReason.CRASH, "recorder stopped while recording")
     if recovered or missing or runs:
         log.warning("recovery: %d open segments closed, %d missing, %d runs ended as crash",
                     recovered, missing, len(runs))

@@ -97,8 +97,10 @@ create table run (
   -- Video codec of every segment in the run: 'h264' or 'h265'. A change ends the run.
   video_codec text not null check (video_codec in ('h264', 'h265')),
 
-  -- Picture size in pixels from the parameter sets; NULL when they could not be parsed.
+  -- Picture width in pixels, from the parameter sets; NULL when they could not be parsed.
   width integer check (width > 0),
+
+  -- Picture height in pixels, from the parameter sets; NULL when they could not be parsed.
   height integer check (height > 0),
 
   -- Codec of the audio track in the segment files ('aac'); NULL when they have no audio.
@@ -124,8 +126,11 @@ create table segment (
   -- Row id, assigned by SQLite.
   id integer primary key,
 
-  -- The run this segment belongs to, and its camera (which must be the run's camera).
+  -- The run this segment belongs to.
   run_id integer not null,
+
+  -- The camera recorded; always the run's camera (the foreign key below checks the pair).
+  -- Kept here so time-range queries per camera need no join.
   camera_id text not null,
 
   -- File path relative to the storage root, with '/' separators:
@@ -147,9 +152,9 @@ create table segment (
   start_90k integer not null,
 
   -- Wall time just past the segment's last frame, 90 kHz units since the epoch. NULL while
-  -- open. end_90k - start_90k is the wall duration; it is at most one hour (the segmenter
-  -- rotates long before that, and time-range queries rely on the bound).
-  end_90k integer check (end_90k >= start_90k and end_90k - start_90k <= 324000000),
+  -- open. end_90k - start_90k is the wall duration; it is at most two hours (648000000): twice
+  -- the longest segment_seconds the config allows, and time-range queries rely on the bound.
+  end_90k integer check (end_90k >= start_90k and end_90k - start_90k <= 648000000),
 
   -- Sum of the durations of the file's video samples, 90 kHz units. May differ from the wall
   -- duration by at most 500 ppm (the wall clock is steered toward the NVR's clock). NULL while
@@ -217,12 +222,12 @@ end;
 -- Segments of a run never overlap. An open segment counts as the single instant start_90k
 -- (its end is not known yet), so the next segment may be opened only at or after the closed
 -- one's end, and closing a segment past the start of a later one is refused. The start_90k
--- lower bound uses the one-hour cap on a segment's length to keep the search short.
+-- lower bound uses the two-hour cap on a segment's length to keep the search short.
 create trigger segment_no_overlap_insert before insert on segment
 when exists (
   select 1 from segment as s
   where s.run_id = new.run_id
-    and s.start_90k > new.start_90k - 324000000
+    and s.start_90k > new.start_90k - 648000000
     and s.start_90k < coalesce(new.end_90k, new.start_90k)
     and new.start_90k < coalesce(s.end_90k, s.start_90k)
 )
@@ -235,7 +240,7 @@ when exists (
   select 1 from segment as s
   where s.run_id = new.run_id
     and s.id <> new.id
-    and s.start_90k > new.start_90k - 324000000
+    and s.start_90k > new.start_90k - 648000000
     and s.start_90k < coalesce(new.end_90k, new.start_90k)
     and new.start_90k < coalesce(s.end_90k, s.start_90k)
 )

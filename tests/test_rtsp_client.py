@@ -1,0 +1,548 @@
+"""Our aiortsp layer: each aiortsp 1.4.0 gap shown failing with plain aiortsp, then fixed.
+
+The plain-aiortsp halves talk to the same scripted loopback server as ours, so a test that
+starts passing on plain aiortsp means upstream fixed the gap and our patch can go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from urllib.parse import quote, urlsplit
+
+import pytest
+from aiortsp.rtsp.connection import RTSPConnection
+from aiortsp.rtsp.errors import RTSPConnectionError, RTSPError, RTSPResponseError, RTSPTimeoutError
+from aiortsp.rtsp.reader import RTSPReader
+from aiortsp.rtsp.session import RTSPMediaSession, sanitize_rtsp_url
+from aiortsp.transport.tcp import TCPTransport
+from aiortsp.transport.udp import UDPTransport
+
+from nvr.clock import SystemClock
+from nvr.errors import CameraAuthError, CameraClosedError
+from nvr.ingest.rtsp_client import (
+    BasicAuth,
+    DigestAuth,
+    InterleavedFrame,
+    RtspConnection,
+    RtspMessage,
+    StreamSplitter,
+    bind_udp_pair,
+    choose_auth,
+    parse_challenges,
+    rtcp_sender_reports,
+    rtsp_target,
+)
+from nvr.ingest.session import RtspSession
+from support.rtsp_server import (
+    Collector,
+    RtspTestServer,
+    Script,
+    rtcp_sender_report,
+    rtp_packet,
+)
+
+VIDEO_PACKETS = [(0, rtp_packet(seq, 9000 * seq)) for seq in range(1, 6)]
+RESERVED_PASSWORD = "p@ss:/%#?wörd"
+RESERVED_USER = "ädmin@site"
+
+
+async def plain_connection(
+    server: RtspTestServer, user: str | None = None, password: str | None = None
+) -> RTSPConnection:
+    conn = RTSPConnection("127.0.0.1", server.port, user, password, timeout=2)
+    await conn.prepare()
+    return conn
+
+
+async def our_connection(
+    server: RtspTestServer,
+    url: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    timeout_s: float = 2.0,
+) -> RtspConnection:
+    conn = RtspConnection(rtsp_target(url or server.url(), user, password), timeout_s=timeout_s)
+    await conn.open()
+    return conn
+
+
+# --------------------------------------------------------------------------- auth gaps
+
+
+@pytest.mark.parametrize("algorithm", [None, "MD5", "SHA-256"])
+async def test_digest_qop_auth_plain_fails_ours_passes(algorithm: str | None) -> None:
+    script = Script(auth="digest", qop=True, algorithm=algorithm)
+    async with RtspTestServer(script) as server:
+        plain = await plain_connection(server, "admin", "secret")
+        try:
+            with pytest.raises(RTSPResponseError) as info:
+                await plain.send_request("OPTIONS", server.url())
+            assert info.value.response.status == 401  # aiortsp ignores qop
+        finally:
+            plain.close()
+
+        ours = await our_connection(server, user="admin", password="secret")
+        try:
+            for _ in range(3):
+                assert (await ours.request("OPTIONS", server.url())).status == 200
+        finally:
+            ours.close()
+    # the first attempt (plain) has no valid qop fields; ours counts nc per nonce
+    assert server.nc_seen[-3:] == ["00000001", "00000002", "00000003"]
+
+
+async def test_digest_without_qop() -> None:
+    async with RtspTestServer(Script(auth="digest")) as server:
+        ours = await our_connection(server, user="admin", password="secret")
+        try:
+            assert (await ours.request("DESCRIBE", server.url())).status == 200
+        finally:
+            ours.close()
+
+
+@pytest.mark.parametrize(
+    ("basic_first", "one_header"), [(True, False), (False, False), (True, True), (False, True)]
+)
+async def test_both_offered_plain_picks_basic_ours_digest(
+    basic_first: bool, one_header: bool
+) -> None:
+    script = Script(auth="both", basic_first=basic_first, one_header=one_header)
+    async with RtspTestServer(script) as server:
+        plain = await plain_connection(server, "admin", "secret")
+        try:
+            await plain.send_request("OPTIONS", server.url())
+        except RTSPError:
+            pass  # one header holding both challenges confuses aiortsp further
+        finally:
+            plain.close()
+        plain_schemes = list(server.auth_schemes)
+        server.auth_schemes.clear()
+
+        ours = await our_connection(server, user="admin", password="secret")
+        try:
+            assert (await ours.request("OPTIONS", server.url())).status == 200
+        finally:
+            ours.close()
+    if not one_header:
+        assert plain_schemes == ["Basic"]
+    assert server.auth_schemes == ["Digest"]
+
+
+async def test_basic_still_works() -> None:
+    async with RtspTestServer(Script(auth="basic")) as server:
+        ours = await our_connection(server, user="admin", password="secret")
+        try:
+            assert (await ours.request("OPTIONS", server.url())).status == 200
+        finally:
+            ours.close()
+    assert server.auth_schemes == ["Basic"]
+
+
+async def test_stale_nonce_retried_once() -> None:
+    async with RtspTestServer(Script(auth="digest", qop=True, stale_after=2)) as server:
+        ours = await our_connection(server, user="admin", password="secret")
+        try:
+            for _ in range(4):
+                assert (await ours.request("OPTIONS", server.url())).status == 200
+        finally:
+            ours.close()
+    # 401 (no auth), ok, ok, 401 stale, ok (nc restarts with the new nonce), ok
+    assert server.nc_seen == ["00000001", "00000002", "00000003", "00000001", "00000002"]
+
+
+@pytest.mark.parametrize("mode", ["basic", "digest"])
+async def test_wrong_password_after_retry_is_auth_error(mode: str) -> None:
+    async with RtspTestServer(Script(auth=mode)) as server:  # type: ignore[arg-type]
+        ours = await our_connection(server, user="admin", password="wrong-pw")
+        try:
+            with pytest.raises(CameraAuthError) as info:
+                await ours.request("OPTIONS", server.url())
+        finally:
+            ours.close()
+    assert f"127.0.0.1:{server.port} rejected the credentials" in str(info.value)
+    assert "wrong-pw" not in str(info.value)
+    assert len(server.requests) == 2  # one challenge, one retry, no loop
+
+
+@pytest.mark.parametrize("mode", ["basic", "digest"])
+async def test_reserved_characters_in_url_userinfo(mode: str) -> None:
+    """The gap: aiortsp passes percent-encoded userinfo on undecoded (401)."""
+    script = Script(auth=mode, username=RESERVED_USER, password=RESERVED_PASSWORD)  # type: ignore[arg-type]
+    async with RtspTestServer(script) as server:
+        userinfo = f"{quote(RESERVED_USER, safe='')}:{quote(RESERVED_PASSWORD, safe='')}"
+        url = server.url("/live", userinfo=userinfo)
+        parts = urlsplit(url)
+        plain = await plain_connection(server, parts.username, parts.password)
+        try:
+            with pytest.raises(RTSPResponseError):
+                await plain.send_request("OPTIONS", server.url())
+        finally:
+            plain.close()
+
+        ours = await our_connection(server, url=url)
+        try:
+            assert (await ours.request("OPTIONS", ours.target.url)).status == 200
+        finally:
+            ours.close()
+    assert ours.target.url == server.url("/live")  # credentials never on the wire in a URL
+    assert all("@" not in r.url for r in server.requests)
+
+
+@pytest.mark.parametrize("mode", ["basic", "digest"])
+async def test_reserved_characters_as_separate_credentials(mode: str) -> None:
+    script = Script(auth=mode, username=RESERVED_USER, password=RESERVED_PASSWORD)  # type: ignore[arg-type]
+    collector = Collector()
+    async with RtspTestServer(script) as server, RtspSession(
+        server.url(),
+        username=RESERVED_USER,
+        password=RESERVED_PASSWORD,
+        on_packet=collector.on_packet,
+        clock=SystemClock(),
+    ):
+        pass
+    assert all("@" not in r.url for r in server.requests)
+
+
+def test_rtsp_target_decodes_userinfo_and_keeps_ipv6_brackets() -> None:
+    t = rtsp_target("rtsp://us%40er:p%40ss%3A%2F%25%23%3F@[::1]:8554/live?x=1")
+    assert (t.username, t.password) == ("us@er", "p@ss:/%#?")
+    assert t.url == "rtsp://[::1]:8554/live?x=1"
+    assert t.hostport == "[::1]:8554"
+    explicit = rtsp_target("rtsp://a:b@h/x", "other", "pw")
+    assert (explicit.username, explicit.password, explicit.port) == ("other", "pw", 554)
+    # the gap: aiortsp's own URL cleaning loses IPv6 brackets
+    assert sanitize_rtsp_url("rtsp://[::1]:8554/live") == "rtsp://::1:8554/live"
+
+
+def test_challenge_parsing_and_choice() -> None:
+    challenges = parse_challenges(
+        [
+            'Basic realm="cam"',
+            'Digest realm="cam, inc", nonce="a\\"b", qop="auth,auth-int", stale=FALSE, '
+            'Digest realm="cam", nonce="n2", algorithm=SHA-256',
+        ]
+    )
+    assert [c.scheme for c in challenges] == ["basic", "digest", "digest"]
+    assert challenges[1].params["realm"] == "cam, inc"
+    assert challenges[1].params["nonce"] == 'a"b'
+    chosen = choose_auth(challenges, "u", "p")
+    assert isinstance(chosen, DigestAuth) and chosen.algorithm == "SHA-256"
+    assert isinstance(choose_auth(challenges[:1], "u", "p"), BasicAuth)
+    assert choose_auth(parse_challenges(["Negotiate abc"]), "u", "p") is None
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "response"),
+    [
+        ("MD5", "8ca523f5e9506fed4657c9700eebdbec"),
+        ("SHA-256", "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"),
+    ],
+)
+def test_digest_matches_rfc7616_example(algorithm: str, response: str) -> None:
+    """RFC 7616 §3.9.1 test vectors."""
+    (challenge,) = parse_challenges(
+        [
+            f'Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm={algorithm}, '
+            'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", '
+            'opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
+        ]
+    )
+    auth = DigestAuth(
+        "Mufasa", "Circle of Life", challenge, cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
+    )
+    header = auth.authorization("GET", "/dir/index.html")
+    assert f'response="{response}"' in header
+    assert "qop=auth, nc=00000001" in header
+    assert "nc=00000002" in auth.authorization("GET", "/dir/index.html")
+
+
+# --------------------------------------------------------------------------- stream gaps
+
+JUNK = b"\x00\xffjunk from a confused camera firmware\r\n"
+
+
+async def test_junk_before_response_plain_drops_connection_ours_resyncs() -> None:
+    script = Script(junk_before={"DESCRIBE": JUNK})
+    async with RtspTestServer(script) as server:
+        plain = await plain_connection(server)
+        try:
+            with pytest.raises((RTSPConnectionError, RTSPTimeoutError)):
+                await plain.send_request("DESCRIBE", server.url())
+            assert not plain.running  # aiortsp closed the connection on junk
+        finally:
+            plain.close()
+
+        ours = await our_connection(server)
+        try:
+            assert (await ours.request("DESCRIBE", server.url())).status == 200
+            assert (await ours.request("OPTIONS", server.url())).status == 200
+            assert ours.running
+            assert ours.junk_bytes == len(JUNK)
+        finally:
+            ours.close()
+
+
+async def test_junk_between_interleaved_packets_is_skipped() -> None:
+    junk = b"\xff\x00garbage$\x09\x00\x04abcd more garbage \r\n"  # even a "$" on channel 9
+    script = Script(packets=VIDEO_PACKETS, junk_between_packets=junk)
+    collector = Collector()
+    async with RtspTestServer(script) as server, RtspSession(
+        server.url(),
+        username=None,
+        password=None,
+        on_packet=collector.on_packet,
+        clock=SystemClock(),
+    ) as session:
+        await collector.wait(video=5)
+        assert session.junk_bytes == 5 * len(junk)
+    assert [p[1] for p in collector.packets] == [p for _, p in VIDEO_PACKETS]
+
+
+BAD_RTCP = b"\x80\xc8\x00\x50" + b"\x00" * 8  # an SR claiming 324 bytes, 12 sent
+
+
+async def test_malformed_rtcp_plain_drops_connection_ours_carries_on() -> None:
+    async with RtspTestServer() as server:
+        plain = await plain_connection(server)
+        transport = TCPTransport(plain)
+        await transport.prepare()
+        await plain.send_request("OPTIONS", server.url())
+        server.send_interleaved(transport.rtcp_idx, BAD_RTCP)
+        with pytest.raises(RTSPConnectionError):
+            await asyncio.wait_for(plain.result, 2)
+        assert not plain.running
+
+    script = Script(
+        packets=VIDEO_PACKETS, rtcp=[(0, BAD_RTCP), (0, rtcp_sender_report(0x1234, 10**18, 90000))]
+    )
+    collector = Collector()
+    async with RtspTestServer(script) as server, RtspSession(
+        server.url(),
+        username=None,
+        password=None,
+        on_packet=collector.on_packet,
+        on_sender_report=collector.on_sender_report,
+        clock=SystemClock(),
+    ):
+        await collector.wait(video=5, reports=1)
+    assert collector.sender_reports == [(0, 10**18, 90000)]
+
+
+async def test_camera_chosen_interleaved_channels() -> None:
+    """The gap: aiortsp asserts the camera echoes the channels it asked for."""
+    async with RtspTestServer() as server:
+        plain = await plain_connection(server)
+        try:
+            transport = TCPTransport(plain)
+            await transport.prepare()
+            with pytest.raises(AssertionError):
+                transport.on_transport_response(
+                    {"transport": "RTP/AVP/TCP;unicast;interleaved=6-7"}
+                )
+        finally:
+            plain.close()
+
+    collector = Collector()
+    script = Script(packets=VIDEO_PACKETS, interleaved_answer={0: "6-7"})
+    async with RtspTestServer(script) as server, RtspSession(
+        server.url(),
+        username=None,
+        password=None,
+        want_audio=False,
+        on_packet=collector.on_packet,
+        clock=SystemClock(),
+    ):
+        await collector.wait(video=5)
+
+
+async def test_response_without_cseq() -> None:
+    async with RtspTestServer(Script(omit_cseq={"OPTIONS"})) as server:
+        plain = RTSPConnection("127.0.0.1", server.port, timeout=0.3)
+        await plain.prepare()
+        try:
+            with pytest.raises(RTSPTimeoutError):
+                await plain.send_request("OPTIONS", server.url())
+        finally:
+            plain.close()
+        ours = await our_connection(server)
+        try:
+            assert (await ours.request("OPTIONS", server.url())).status == 200
+        finally:
+            ours.close()
+
+
+async def test_options_without_public_plain_fails_ours_plays() -> None:
+    async with RtspTestServer(Script(public=None)) as server:
+        plain = await plain_connection(server)
+        try:
+            transport = TCPTransport(plain)
+            await transport.prepare()
+            with pytest.raises(RTSPError, match="Public"):
+                await RTSPMediaSession(plain, server.url(), transport).setup()
+        finally:
+            plain.close()
+
+        collector = Collector()
+        async with RtspSession(
+            server.url(),
+            username=None,
+            password=None,
+            on_packet=collector.on_packet,
+            clock=SystemClock(),
+        ) as session:
+            assert session.public_methods == frozenset()
+
+
+async def test_plain_reader_ends_quietly_ours_raises() -> None:
+    """The gap: RTSPReader's packet iterator just stops when the camera hangs up."""
+    script = Script(packets=VIDEO_PACKETS, close_after_play=True, public="OPTIONS, PLAY")
+    async with RtspTestServer(script) as server:
+        url = server.url().replace("rtsp://", "rtspt://")
+        got = []
+        async with RTSPReader(url, timeout=2) as reader:
+            async with asyncio.timeout(10):
+                async for packet in reader.iter_packets():
+                    got.append(packet)
+        assert len(got) <= 5  # and no exception: the caller cannot tell why it ended
+
+        collector = Collector()
+        async with RtspSession(server.url(), username=None, password=None,
+                               on_packet=collector.on_packet, clock=SystemClock()) as session:
+            with pytest.raises(CameraClosedError, match="closed the connection"):
+                await asyncio.wait_for(session.run(), 5)
+
+
+async def test_plain_rtp_timeout_loop_closes_silently_ours_never_starts_it() -> None:
+    async with RtspTestServer() as server:
+        plain = await plain_connection(server)
+        transport = TCPTransport(plain, timeout=0.2)
+        await transport.prepare()
+        await transport.warmup()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(transport.result, 2)
+        assert not plain.running  # it closed the whole RTSP connection by itself
+
+        collector = Collector()
+        async with RtspSession(
+            server.url(),
+            username=None,
+            password=None,
+            on_packet=collector.on_packet,
+            clock=SystemClock(),
+        ) as session:
+            assert all(t._timeout_loop is None for t in session._transports)
+
+
+def test_udp_pair_binds_ipv6_where_plain_cannot() -> None:
+    with pytest.raises(OSError):
+        UDPTransport.get_socket_pair("::1", retry=1)
+    rtp, rtcp = bind_udp_pair("::1")
+    try:
+        assert rtp.getsockname()[1] % 2 == 0
+        assert rtcp.getsockname()[1] == rtp.getsockname()[1] + 1
+    finally:
+        rtp.close()
+        rtcp.close()
+
+
+async def test_plain_logs_credentials_at_debug_ours_does_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    plain_logger = logging.getLogger("rtsp_client")
+    plain_logger.setLevel(logging.DEBUG)
+    try:
+        async with RtspTestServer(Script(auth="basic")) as server:
+            plain = await plain_connection(server, "admin", "secret")
+            try:
+                await plain.send_request("OPTIONS", server.url())
+            finally:
+                plain.close()
+            leaked = "\n".join(r.getMessage() for r in caplog.records)
+            assert "Authorization: Basic YWRtaW46c2VjcmV0" in leaked  # base64 of admin:secret
+            caplog.clear()
+            ours = await our_connection(server, user="admin", password="secret")
+            try:
+                await ours.request("OPTIONS", server.url())
+            finally:
+                ours.close()
+    finally:
+        plain_logger.setLevel(logging.WARNING)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "YWRtaW46c2VjcmV0" not in text and "secret" not in text
+    assert logging.getLogger("rtsp_client").getEffectiveLevel() >= logging.WARNING
+    assert logging.getLogger("aiortsp.nvr").getEffectiveLevel() >= logging.WARNING
+
+
+# --------------------------------------------------------------------------- sans-IO
+
+
+def _stream() -> tuple[bytes, list[object]]:
+    response = (
+        b"RTSP/1.0 200 OK\r\nCSeq: 3\r\nContent-Length: 5\r\n"
+        b"WWW-Authenticate: a\r\nWWW-Authenticate: b\r\n\r\nhello"
+    )
+    rtp = rtp_packet(1, 2)
+    data = (
+        b"$\x00"
+        + len(rtp).to_bytes(2, "big")
+        + rtp
+        + b"\r\n"
+        + response
+        + b"$\x01\x00\x00"
+        + JUNK
+        + b"$\x00"
+        + len(rtp).to_bytes(2, "big")
+        + rtp
+    )
+    return data, [
+        InterleavedFrame(0, rtp),
+        "response",
+        InterleavedFrame(1, b""),
+        InterleavedFrame(0, rtp),
+    ]
+
+
+def _summary(items: list[object]) -> list[object]:
+    return [i if isinstance(i, InterleavedFrame) else "response" for i in items]
+
+
+def test_splitter_whole_and_at_every_boundary() -> None:
+    data, expected = _stream()
+    whole = StreamSplitter(lambda ch: ch in (0, 1))
+    items: list[object] = list(whole.feed(data))
+    assert _summary(items) == expected
+    assert whole.junk_bytes == len(JUNK)
+    response = items[1]
+    assert isinstance(response, RtspMessage)
+    assert response.body == b"hello"
+    assert response.header_all("www-authenticate") == ("a", "b")
+    for cut in range(1, len(data)):
+        splitter = StreamSplitter(lambda ch: ch in (0, 1))
+        got = splitter.feed(data[:cut]) + splitter.feed(data[cut:])
+        assert _summary(list(got)) == expected, cut
+        assert splitter.junk_bytes == len(JUNK), cut
+
+
+def test_splitter_never_raises_and_recovers_after_random_bytes() -> None:
+    rng = random.Random(7)
+    data, expected = _stream()
+    for _ in range(20):
+        splitter = StreamSplitter(lambda ch: ch < 4)
+        for _ in range(50):
+            splitter.feed(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))))
+        # a bogus "$" header may swallow up to 64 KiB; after that the stream is read again
+        got: list[object] = []
+        for _ in range(70_000 // len(data) + 2):
+            got += splitter.feed(data)
+        assert _summary(got[-4:]) == expected
+
+
+def test_rtcp_sender_report_to_integer_ns() -> None:
+    ntp_ns = 1_767_225_600_000_000_001
+    data = rtcp_sender_report(7, ntp_ns, 123) + b"\x81\xcb\x00\x01\x00\x00\x00\x07"
+    ((got_ns, rtp_ts),) = rtcp_sender_reports(data)
+    assert rtp_ts == 123 and abs(got_ns - ntp_ns) <= 1
+    assert rtcp_sender_reports(b"\x80\xc8\x00\x50") == []
