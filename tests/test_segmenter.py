@@ -8,6 +8,7 @@ Video is encoded here with libx264/libx265 (no B-frames, a keyframe every 25 fra
 from __future__ import annotations
 
 import dataclasses
+import errno
 import itertools
 import json
 import math
@@ -26,8 +27,9 @@ import pytest
 from av.audio.codeccontext import AudioCodecContext
 from av.video.codeccontext import VideoCodecContext
 
-from nvr.errors import StorageError
+from nvr.errors import StorageError, StorageFullError
 from nvr.media import ANNEXB_START_CODE, AudioCodec, AudioFrame, VideoCodec, VideoParameters
+from nvr.storage import segmenter
 from nvr.storage.model import SegmentFile
 from nvr.storage.mp4box import annexb_nal_units, sample_nal_units
 from nvr.storage.recovery_file import recover_segment_file, sha256_file
@@ -320,6 +322,27 @@ def test_video_without_dimensions_is_refused(h264_clip: Clip, tmp_path: Path) ->
     assert not (tmp_path / "seg.mp4").exists()
 
 
+def test_disk_full_is_a_storage_full_error(
+    h264_clip: Clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = segmenter._FileSink.write
+
+    def write(sink: segmenter._FileSink, data: bytes) -> int:
+        if sink.size + len(data) > 20_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(sink, data)
+
+    monkeypatch.setattr(segmenter._FileSink, "write", write)
+    path = tmp_path / "seg.mp4"
+    muxer = SegmentMuxer(path, h264_clip.params)
+    with pytest.raises(StorageFullError, match="No space left"):
+        for i in range(len(h264_clip.units)):
+            muxer.write_video(h264_clip.annexb(i), i * FRAME_90K, FRAME_90K, h264_clip.units[i][1])
+    muxer.abort()
+    recovered = recover_segment_file(path)
+    assert recovered is not None and recovered.size_bytes <= 20_000
+
+
 def test_an_existing_file_is_never_overwritten(h264_clip: Clip, tmp_path: Path) -> None:
     path = tmp_path / "seg.mp4"
     path.write_bytes(b"precious")
@@ -367,7 +390,8 @@ def test_g711_is_transcoded_to_aac(h264_clip: Clip, tmp_path: Path) -> None:
     for j, frame in enumerate(frames):
         muxer.write_audio(frame, (j if j < 50 else j + 10) * 160)
     muxer.write_audio(frames[0], 0)  # out of order: dropped, counted
-    assert muxer.audio_frames_dropped == 1
+    muxer.write_audio(dataclasses.replace(frames[0], codec=AudioCodec.PCMU), 200 * 160)
+    assert muxer.audio_frames_dropped == 2
     facts = muxer.close()
     assert facts.media_duration_90k == 100 * FRAME_90K
     probe = ffprobe(path, "-show_entries", "stream=codec_name,sample_rate,duration_ts,start_pts")

@@ -287,6 +287,7 @@ class SegmentMuxer:
             raise _storage_error(path, "cannot start", exc) from exc
 
     def _add_audio(self, spec: AudioTrackSpec) -> None:
+        self._audio_codec = spec.codec
         stream = _add_from_template(self._container, "aac", adts_template())
         ctx = stream.codec_context
         if spec.mode == "aac":
@@ -324,12 +325,17 @@ class SegmentMuxer:
     def write_audio(self, frame: AudioFrame, pts: int) -> None:
         """Add one audio frame at ``pts`` (its clock-rate units from the segment start).
 
-        A frame before the segment start or not after the previous one is dropped and
-        counted in ``audio_frames_dropped``; audio never stops the video.
+        Ignored when the segment has no audio track. A frame of another codec than the
+        track's, before the segment start, or not after the previous one is dropped and
+        counted in ``audio_frames_dropped``: audio never stops the video.
         """
         if self._audio is None:
             return
-        if pts < 0 or (self._last_audio_pts is not None and pts <= self._last_audio_pts):
+        if (
+            frame.codec is not self._audio_codec
+            or pts < 0
+            or (self._last_audio_pts is not None and pts <= self._last_audio_pts)
+        ):
             self.audio_frames_dropped += 1
             return
         self._last_audio_pts = pts
