@@ -24,7 +24,7 @@ from nvr.errors import (
     NvrError,
     StorageFullError,
 )
-from nvr.ingest.depacketize import depacketizer_for
+from nvr.ingest.depacketize import Depacketizer, depacketizer_for
 from nvr.ingest.rtp import parse_rtp
 from nvr.ingest.session import RtspSession
 from nvr.media import AudioFrame, VideoAccessUnit
@@ -189,7 +189,7 @@ class CameraSupervisor:
         cfg = self.cfg
         user, password = cfg.credentials()
         queue: asyncio.Queue[_Item] = asyncio.Queue(FRAME_QUEUE_MAX)
-        depacketizers: dict[int, object] = {}
+        depacketizers: dict[int, Depacketizer] = {}
         early: list[tuple[int, bytes, int]] = []
         overflow: list[bool] = []
 
@@ -199,10 +199,10 @@ class CameraSupervisor:
                 return
             try:
                 pkt = parse_rtp(data)
-                dep.push(pkt)  # type: ignore[attr-defined]  # video or audio depacketizer
+                dep.push(pkt)
             except DepacketizeError as exc:
                 log.debug("camera=%s stream %d: %s", cfg.id, stream, exc)
-            while (out := dep.pull()) is not None:  # type: ignore[attr-defined]
+            while (out := dep.pull()) is not None:
                 if stream == 0:
                     self._last_frame_mono_ns = recv_ns
                 try:

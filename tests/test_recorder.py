@@ -1,0 +1,126 @@
+"""The recorder fed from a clip faster than real time, with a simulated clock.
+
+The same path as live recording (recorder -> writer thread -> PyAV -> files, and the index),
+only the frames come from an encoded clip and the wall times from an injected clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from support.media import Clip, encode_clip
+from support.recording import IndexReader, ffprobe_errors, mp4_video_units
+
+from nvr.clock import SimulatedClock
+from nvr.media import MediaDescription, VideoAccessUnit, VideoCodec
+from nvr.storage.index import Index
+from nvr.storage.model import RunEndReason
+from nvr.storage.recorder import Recorder
+from nvr.storage.segmenter import stagger_offset_90k
+
+FRAME_90K = 3600
+FRAME_NS = 40_000_000
+SEGMENT_S = 2
+
+
+@pytest.fixture(scope="module")
+def clip() -> Clip:
+    return encode_clip(VideoCodec.H264, 300)
+
+
+def unit(clip: Clip, i: int, timestamp: int, *, new_parameters: bool = False) -> VideoAccessUnit:
+    nals, key = clip.units[i]
+    return VideoAccessUnit(
+        timestamp=timestamp & 0xFFFF_FFFF,
+        nal_units=nals,
+        is_keyframe=key,
+        parameters=clip.params,
+        new_parameters=new_parameters or i == 0,
+        loss_before=False,
+    )
+
+
+async def feed(
+    tmp_path: Path, clip: Clip, timestamps: list[int], new_params_at: frozenset[int] = frozenset()
+) -> IndexReader:
+    clock = SimulatedClock()
+    index = await Index.open(tmp_path / "index.db", clock=clock)
+    await index.upsert_camera("cam", "test", "file")
+    rec = Recorder(
+        "cam", root=tmp_path, index=index, clock=clock, segment_seconds=SEGMENT_S,
+        writer_queue_frames=1000,
+    )  # fmt: skip
+    rec.begin_session(_video_media(), None, "off")
+    for i, ts in enumerate(timestamps):
+        clock.advance(FRAME_NS)
+        await rec.video(unit(clip, i, ts, new_parameters=i in new_params_at), clock.monotonic_ns())
+    await rec.end_run(RunEndReason.SHUTDOWN)
+    await rec.close()
+    await index.close()
+    return IndexReader(tmp_path / "index.db")
+
+
+def _video_media() -> MediaDescription:
+    return MediaDescription("video", 96, "H264", 90_000, 1, {}, "rtsp://x/video")
+
+
+def recorded_units(tmp_path: Path, reader: IndexReader) -> list[tuple[bytes, ...]]:
+    out: list[tuple[bytes, ...]] = []
+    for seg in reader.segments("cam"):
+        path = tmp_path / seg.path
+        assert ffprobe_errors(path) == ""
+        out += mp4_video_units(path, VideoCodec.H264)
+    return out
+
+
+async def test_segments_rotate_on_the_staggered_grid_and_touch(tmp_path: Path, clip: Clip) -> None:
+    base = 0xFFFF_0000  # wraps within the clip: unwrapping is exercised too
+    reader = await feed(tmp_path, clip, [base + i * FRAME_90K for i in range(300)])
+    segments = reader.segments("cam")
+    runs = reader.runs("cam")
+    assert len(runs) == 1 and runs[0].end_reason == "shutdown"
+    assert all(s.state == "closed" for s in segments)
+    assert sum(s.video_frames or 0 for s in segments) == 300
+    # Contiguous in exact ticks; the run spans exactly 300 frames of media.
+    for a, b in itertools.pairwise(segments):
+        assert a.end_90k == b.start_90k
+    assert runs[0].start_90k == segments[0].start_90k
+    assert runs[0].end_90k == segments[-1].end_90k
+    assert sum(s.media_duration_90k or 0 for s in segments) == 300 * FRAME_90K
+    # Rotation at the first keyframe at or after each grid line (keyframes every 25 frames).
+    offset = stagger_offset_90k("cam", SEGMENT_S * 90_000)
+    for seg in segments[1:]:
+        assert (seg.start_90k - offset) % (SEGMENT_S * 90_000) < 25 * FRAME_90K
+    for seg in segments[1:-1]:
+        assert seg.media_duration_90k is not None
+        assert seg.media_duration_90k >= SEGMENT_S * 90_000 - 25 * FRAME_90K
+    assert recorded_units(tmp_path, reader) == [u for u, _ in clip.units]
+
+
+async def test_a_clock_step_back_ends_the_run_and_keeps_every_frame(
+    tmp_path: Path, clip: Clip
+) -> None:
+    # At frame 150 (a keyframe) the camera's RTP clock restarts near zero.
+    timestamps = [5_000_000 + i * FRAME_90K for i in range(150)]
+    timestamps += [1000 + i * FRAME_90K for i in range(150)]
+    reader = await feed(tmp_path, clip, timestamps)
+    runs = reader.runs("cam")
+    assert [r.end_reason for r in runs] == ["clock_jump", "shutdown"]
+    assert runs[0].end_detail is not None and "stepped back" in runs[0].end_detail
+    assert runs[0].end_90k is not None and runs[1].start_90k >= runs[0].end_90k
+    assert recorded_units(tmp_path, reader) == [u for u, _ in clip.units]
+
+
+async def test_new_parameters_cut_a_segment_at_their_keyframe(tmp_path: Path, clip: Clip) -> None:
+    reader = await feed(
+        tmp_path, clip, [i * FRAME_90K for i in range(100)], new_params_at=frozenset({75})
+    )
+    starts_at_frame = []
+    frame = 0
+    for seg in reader.segments("cam"):
+        starts_at_frame.append(frame)
+        frame += seg.video_frames or 0
+    assert 75 in starts_at_frame, starts_at_frame
+    assert len(reader.runs("cam")) == 1
