@@ -9,11 +9,8 @@ import pytest
 from nvr.storage.mp4box import (
     Mp4FormatError,
     Mp4Scanner,
-    annexb_nal_units,
-    annexb_to_sample,
     last_whole_fragment_end,
     parse_box_header,
-    sample_nal_units,
     scan,
     top_level_box,
 )
@@ -220,19 +217,3 @@ def test_box_header() -> None:
         parse_box_header(b"\0\0\0\x04free")
     assert top_level_box(FTYP + moov(), b"moov") == moov()[8:]
 
-
-def test_annexb_and_sample_round_trip() -> None:
-    nals = [
-        b"\x09\xf0",
-        b"\x67\x42\x00\x1e",
-        b"\x68\xce",
-        b"\x06\x05\x01\x80",
-        b"\x65\x88\x00\x00\x03\x01\xff",
-    ]
-    annexb = b"".join((b"\0\0\0\x01" if i % 2 else b"\0\0\x01") + n for i, n in enumerate(nals))
-    assert annexb_nal_units(annexb) == nals
-    sample = annexb_to_sample(annexb)
-    assert sample_nal_units(sample) == nals
-    assert len(sample) == sum(4 + len(n) for n in nals)
-    with pytest.raises(Mp4FormatError, match="not Annex B"):
-        annexb_nal_units(b"\x65\x88")

@@ -10,8 +10,6 @@ import itertools
 from pathlib import Path
 
 import pytest
-from support.media import Clip, encode_clip
-from support.recording import IndexReader, ffprobe_errors, mp4_video_units
 
 from nvr.clock import SimulatedClock
 from nvr.media import MediaDescription, VideoAccessUnit, VideoCodec
@@ -19,6 +17,8 @@ from nvr.storage.index import Index
 from nvr.storage.model import RunEndReason
 from nvr.storage.recorder import Recorder
 from nvr.storage.segmenter import stagger_offset_90k
+from support.media import Clip, encode_clip
+from support.recording import IndexReader, ffprobe_errors, mp4_video_units
 
 FRAME_90K = 3600
 FRAME_NS = 40_000_000

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -17,23 +16,10 @@ from aiortsp.rtsp.errors import RTSPConnectionError, RTSPError, RTSPResponseErro
 from aiortsp.rtsp.reader import RTSPReader
 from aiortsp.rtsp.session import RTSPMediaSession, sanitize_rtsp_url
 from aiortsp.transport.tcp import TCPTransport
-from aiortsp.transport.udp import UDPTransport
 
 from nvr.clock import SystemClock
 from nvr.errors import CameraAuthError, CameraClosedError
-from nvr.ingest.rtsp_client import (
-    BasicAuth,
-    DigestAuth,
-    InterleavedFrame,
-    RtspConnection,
-    RtspMessage,
-    StreamSplitter,
-    bind_udp_pair,
-    choose_auth,
-    parse_challenges,
-    rtcp_sender_reports,
-    rtsp_target,
-)
+from nvr.ingest.rtsp_client import RtspConnection, rtsp_target
 from nvr.ingest.session import RtspSession
 from support.rtsp_server import (
     Collector,
@@ -42,6 +28,7 @@ from support.rtsp_server import (
     rtcp_sender_report,
     rtp_packet,
 )
+from test_rtsp_framing import JUNK
 
 VIDEO_PACKETS = [(0, rtp_packet(seq, 9000 * seq)) for seq in range(1, 6)]
 RESERVED_PASSWORD = "p@ss:/%#?wörd"
@@ -216,51 +203,7 @@ def test_rtsp_target_decodes_userinfo_and_keeps_ipv6_brackets() -> None:
     assert sanitize_rtsp_url("rtsp://[::1]:8554/live") == "rtsp://::1:8554/live"
 
 
-def test_challenge_parsing_and_choice() -> None:
-    challenges = parse_challenges(
-        [
-            'Basic realm="cam"',
-            'Digest realm="cam, inc", nonce="a\\"b", qop="auth,auth-int", stale=FALSE, '
-            'Digest realm="cam", nonce="n2", algorithm=SHA-256',
-        ]
-    )
-    assert [c.scheme for c in challenges] == ["basic", "digest", "digest"]
-    assert challenges[1].params["realm"] == "cam, inc"
-    assert challenges[1].params["nonce"] == 'a"b'
-    chosen = choose_auth(challenges, "u", "p")
-    assert isinstance(chosen, DigestAuth) and chosen.algorithm == "SHA-256"
-    assert isinstance(choose_auth(challenges[:1], "u", "p"), BasicAuth)
-    assert choose_auth(parse_challenges(["Negotiate abc"]), "u", "p") is None
-
-
-@pytest.mark.parametrize(
-    ("algorithm", "response"),
-    [
-        ("MD5", "8ca523f5e9506fed4657c9700eebdbec"),
-        ("SHA-256", "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"),
-    ],
-)
-def test_digest_matches_rfc7616_example(algorithm: str, response: str) -> None:
-    """RFC 7616 §3.9.1 test vectors."""
-    (challenge,) = parse_challenges(
-        [
-            f'Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm={algorithm}, '
-            'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", '
-            'opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
-        ]
-    )
-    auth = DigestAuth(
-        "Mufasa", "Circle of Life", challenge, cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
-    )
-    header = auth.authorization("GET", "/dir/index.html")
-    assert f'response="{response}"' in header
-    assert "qop=auth, nc=00000001" in header
-    assert "nc=00000002" in auth.authorization("GET", "/dir/index.html")
-
-
 # --------------------------------------------------------------------------- stream gaps
-
-JUNK = b"\x00\xffjunk from a confused camera firmware\r\n"
 
 
 async def test_junk_before_response_plain_drops_connection_ours_resyncs() -> None:
@@ -435,18 +378,6 @@ async def test_plain_rtp_timeout_loop_closes_silently_ours_never_starts_it() -> 
             assert all(t._timeout_loop is None for t in session._transports)
 
 
-def test_udp_pair_binds_ipv6_where_plain_cannot() -> None:
-    with pytest.raises(OSError):
-        UDPTransport.get_socket_pair("::1", retry=1)
-    rtp, rtcp = bind_udp_pair("::1")
-    try:
-        assert rtp.getsockname()[1] % 2 == 0
-        assert rtcp.getsockname()[1] == rtp.getsockname()[1] + 1
-    finally:
-        rtp.close()
-        rtcp.close()
-
-
 async def test_plain_logs_credentials_at_debug_ours_does_not(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -475,74 +406,3 @@ async def test_plain_logs_credentials_at_debug_ours_does_not(
     assert logging.getLogger("rtsp_client").getEffectiveLevel() >= logging.WARNING
     assert logging.getLogger("aiortsp.nvr").getEffectiveLevel() >= logging.WARNING
 
-
-# --------------------------------------------------------------------------- sans-IO
-
-
-def _stream() -> tuple[bytes, list[object]]:
-    response = (
-        b"RTSP/1.0 200 OK\r\nCSeq: 3\r\nContent-Length: 5\r\n"
-        b"WWW-Authenticate: a\r\nWWW-Authenticate: b\r\n\r\nhello"
-    )
-    rtp = rtp_packet(1, 2)
-    data = (
-        b"$\x00"
-        + len(rtp).to_bytes(2, "big")
-        + rtp
-        + b"\r\n"
-        + response
-        + b"$\x01\x00\x00"
-        + JUNK
-        + b"$\x00"
-        + len(rtp).to_bytes(2, "big")
-        + rtp
-    )
-    return data, [
-        InterleavedFrame(0, rtp),
-        "response",
-        InterleavedFrame(1, b""),
-        InterleavedFrame(0, rtp),
-    ]
-
-
-def _summary(items: list[object]) -> list[object]:
-    return [i if isinstance(i, InterleavedFrame) else "response" for i in items]
-
-
-def test_splitter_whole_and_at_every_boundary() -> None:
-    data, expected = _stream()
-    whole = StreamSplitter(lambda ch: ch in (0, 1))
-    items: list[object] = list(whole.feed(data))
-    assert _summary(items) == expected
-    assert whole.junk_bytes == len(JUNK)
-    response = items[1]
-    assert isinstance(response, RtspMessage)
-    assert response.body == b"hello"
-    assert response.header_all("www-authenticate") == ("a", "b")
-    for cut in range(1, len(data)):
-        splitter = StreamSplitter(lambda ch: ch in (0, 1))
-        got = splitter.feed(data[:cut]) + splitter.feed(data[cut:])
-        assert _summary(list(got)) == expected, cut
-        assert splitter.junk_bytes == len(JUNK), cut
-
-
-def test_splitter_never_raises_and_recovers_after_random_bytes() -> None:
-    rng = random.Random(7)
-    data, expected = _stream()
-    for _ in range(20):
-        splitter = StreamSplitter(lambda ch: ch < 4)
-        for _ in range(50):
-            splitter.feed(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))))
-        # a bogus "$" header may swallow up to 64 KiB; after that the stream is read again
-        got: list[object] = []
-        for _ in range(70_000 // len(data) + 2):
-            got += splitter.feed(data)
-        assert _summary(got[-4:]) == expected
-
-
-def test_rtcp_sender_report_to_integer_ns() -> None:
-    ntp_ns = 1_767_225_600_000_000_001
-    data = rtcp_sender_report(7, ntp_ns, 123) + b"\x81\xcb\x00\x01\x00\x00\x00\x07"
-    ((got_ns, rtp_ts),) = rtcp_sender_reports(data)
-    assert rtp_ts == 123 and abs(got_ns - ntp_ns) <= 1
-    assert rtcp_sender_reports(b"\x80\xc8\x00\x50") == []

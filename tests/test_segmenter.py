@@ -29,7 +29,7 @@ from nvr.errors import StorageError, StorageFullError
 from nvr.media import AudioCodec, AudioFrame, VideoCodec
 from nvr.storage import segmenter
 from nvr.storage.model import SegmentFile
-from nvr.storage.mp4box import sample_nal_units
+from nvr.storage.nal_framing import sample_nal_units
 from nvr.storage.recovery_file import recover_segment_file, sha256_file
 from nvr.storage.segmenter import (
     AudioTrackSpec,

@@ -10,7 +10,7 @@ import av
 from av.video.codeccontext import VideoCodecContext
 
 from nvr.media import ANNEXB_START_CODE, VideoCodec, VideoParameters
-from nvr.storage.mp4box import annexb_nal_units
+from nvr.storage.nal_framing import annexb_nal_units
 
 GOP = 25
 

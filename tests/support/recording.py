@@ -16,7 +16,7 @@ import av
 from nvr.app import App
 from nvr.config import Config, parse_config
 from nvr.media import VideoCodec
-from nvr.storage.mp4box import annexb_nal_units, sample_nal_units
+from nvr.storage.nal_framing import annexb_nal_units, sample_nal_units
 
 
 def make_config(storage: Path, cameras: str, *, segment_seconds: int = 2) -> Config:

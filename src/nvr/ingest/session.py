@@ -1,7 +1,8 @@
 """One RTSP session with a camera: DESCRIBE, SETUP video (and audio), PLAY, keepalive.
 
-Built on the aiortsp layer in ``rtsp_client``. Raw RTP goes to ``on_packet`` from the event
-loop; parsing, depacketizing, stall detection and reconnecting belong to the caller.
+Built on the aiortsp layer in ``rtsp_client`` and ``rtsp_transport``. Raw RTP goes to
+``on_packet`` from the event loop; parsing, depacketizing, stall detection and reconnecting
+belong to the caller.
 
     async with RtspSession(url, username=u, password=p, on_packet=cb, clock=clock) as s:
         await s.run()  # returns only by raising CameraError
@@ -18,15 +19,13 @@ from typing import Any, Literal, NoReturn
 from nvr.clock import Clock
 from nvr.errors import CameraClosedError, CameraError, CameraProtocolError
 from nvr.ingest.rtsp_client import (
-    RtpTransport,
     RtspConnection,
     RtspTarget,
-    TcpRtpTransport,
-    UdpRtpTransport,
     expect_ok,
     rtsp_target,
     translate_error,
 )
+from nvr.ingest.rtsp_transport import RtpTransport, TcpRtpTransport, UdpRtpTransport
 from nvr.ingest.sdp import (
     AUDIO_ENCODINGS,
     VIDEO_ENCODINGS,

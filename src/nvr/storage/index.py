@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import sqlite3
-import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -35,8 +32,21 @@ import aiosqlite
 
 from nvr.clock import Clock, SystemClock
 from nvr.errors import StorageError, StorageFullError
+from nvr.ingest.timeline import ns_to_90k
 from nvr.redact import redact_url
-from nvr.storage.model import Fragment, RunEndReason, SegmentFile, SegmentState
+from nvr.storage.fragment_map import decode_fragments, encode_fragments
+from nvr.storage.fsync import fsync_dir
+from nvr.storage.index_rows import (
+    RUN_COLUMNS,
+    SEGMENT_COLUMNS,
+    Gap,
+    RunRow,
+    SegmentRow,
+    derive_gaps,
+    run_row,
+    segment_row,
+)
+from nvr.storage.model import Fragment, RunEndReason, SegmentFile
 
 SCHEMA_VERSION = 1
 
@@ -53,67 +63,6 @@ _Params = Sequence[object] | Mapping[str, object]
 _BUSY_TIMEOUT_MS = 10_000
 _CAMERA_ID = re.compile(r"[a-z0-9-]+")
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/@:]*):[^\s/@]*@")
-
-
-# --- fragment map ---------------------------------------------------------------------------
-
-FRAGMENT_MAP_VERSION = 1
-_FRAGMENT_RECORD = struct.Struct("<IQIB")  # media_start_90k, byte_offset, size_bytes, flags
-_FLAG_KEYFRAME = 0x01
-
-
-def encode_fragments(frags: Sequence[Fragment]) -> bytes:
-    """The fragment map blob: a version byte (1), then 17 bytes per fragment, little-endian:
-
-    ====== ===== ==================================================================
-    offset width field
-    ====== ===== ==================================================================
-    0      u32   media_start_90k, relative to the segment start (at most ~13 h)
-    4      u64   byte_offset of the fragment's moof box in the file
-    12     u32   size_bytes of moof + mdat
-    16     u8    flags: bit 0 = the first video sample is a keyframe; others zero
-    ====== ===== ==================================================================
-
-    Fragments must be in file order, must not overlap, and their media starts must not
-    decrease; anything else is a segmenter bug and raises ``StorageError``.
-    """
-    out = bytearray([FRAGMENT_MAP_VERSION])
-    prev: Fragment | None = None
-    for i, f in enumerate(frags):
-        if not (
-            0 <= f.media_start_90k < 2**32
-            and 0 <= f.byte_offset < 2**64
-            and 0 < f.size_bytes < 2**32
-        ):
-            raise StorageError(f"fragment {i} out of range for the fragment map: {f}")
-        if prev is not None and (
-            f.byte_offset < prev.byte_offset + prev.size_bytes
-            or f.media_start_90k < prev.media_start_90k
-        ):
-            raise StorageError(f"fragment {i} is out of order or overlaps fragment {i - 1}: {f}")
-        flags = _FLAG_KEYFRAME if f.keyframe else 0
-        out += _FRAGMENT_RECORD.pack(f.media_start_90k, f.byte_offset, f.size_bytes, flags)
-        prev = f
-    return bytes(out)
-
-
-def decode_fragments(blob: bytes) -> tuple[Fragment, ...]:
-    """Inverse of ``encode_fragments``; a malformed blob raises ``StorageError``."""
-    if not blob or blob[0] != FRAGMENT_MAP_VERSION:
-        head = blob[:1].hex() or "empty"
-        raise StorageError(f"fragment map: unknown version byte ({head})")
-    body = memoryview(blob)[1:]
-    if len(body) % _FRAGMENT_RECORD.size:
-        raise StorageError(
-            f"fragment map: {len(body)} bytes after the version byte is not a whole number "
-            f"of {_FRAGMENT_RECORD.size}-byte records"
-        )
-    frags = []
-    for media_start_90k, byte_offset, size_bytes, flags in _FRAGMENT_RECORD.iter_unpack(body):
-        if flags & ~_FLAG_KEYFRAME:
-            raise StorageError(f"fragment map: unknown flags {flags:#04x}")
-        frags.append(Fragment(media_start_90k, byte_offset, size_bytes, bool(flags)))
-    return tuple(frags)
 
 
 # --- paths ----------------------------------------------------------------------------------
@@ -140,74 +89,7 @@ def _scrub(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
-# --- rows -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RunRow:
-    id: int
-    camera_id: str
-    start_90k: int
-    end_90k: int | None  # None while recording
-    end_reason: RunEndReason | None  # None while recording
-    end_detail: str | None
-    clock_offset_ns: int | None  # camera clock minus NVR clock
-    video_codec: str
-    width: int | None
-    height: int | None
-    audio_codec: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentRow:
-    id: int
-    run_id: int
-    camera_id: str
-    path: str  # relative to the storage root, '/'-separated
-    state: SegmentState
-    start_90k: int
-    end_90k: int | None  # the facts from here to closed_90k are None until closed
-    media_duration_90k: int | None
-    size_bytes: int | None
-    video_frames: int | None
-    sha256: str | None
-    created_90k: int
-    closed_90k: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """Time in a query range not covered by any run, after a run that ended."""
-
-    camera_id: str
-    start_90k: int
-    end_90k: int
-    reason: RunEndReason  # why the run before the gap ended
-    detail: str | None
-    prev_run_id: int
-    next_run_id: int | None  # the run that ends the gap; None when the gap reaches the range end
-
-
-_RUN_COLS = (
-    "id, camera_id, start_90k, end_90k, end_reason, end_detail, clock_offset_ns, "
-    "video_codec, width, height, audio_codec"
-)
-_SEGMENT_COLS = (
-    "id, run_id, camera_id, path, state, start_90k, end_90k, media_duration_90k, bytes, "
-    "video_frames, sha256, created_90k, closed_90k"
-)
-
-
-def _run_row(r: Any) -> RunRow:
-    reason = None if r[4] is None else RunEndReason(r[4])
-    return RunRow(r[0], r[1], r[2], r[3], reason, r[5], r[6], r[7], r[8], r[9], r[10])
-
-
-def _segment_row(r: Any) -> SegmentRow:
-    return SegmentRow(
-        r[0], r[1], r[2], r[3], SegmentState(r[4]), r[5], r[6], r[7], r[8], r[9], r[10], r[11],
-        r[12],
-    )
+# --- schema ---------------------------------------------------------------------------------
 
 
 def _schema_statements() -> Iterable[str]:
@@ -261,7 +143,7 @@ class Index:
                 await writer.execute(f"PRAGMA {pragma}")
             created = await cls._prepare_schema(writer, db_path, clock)
             if created:
-                await asyncio.to_thread(_fsync_dir, db_path.parent)
+                await asyncio.to_thread(fsync_dir, db_path.parent)
             reader = await aiosqlite.connect(
                 f"{db_path.as_uri()}?mode=ro", uri=True, isolation_level=None
             )
@@ -300,7 +182,7 @@ class Index:
                 await db.execute(
                     "INSERT INTO meta (id, schema_version, storage_uuid, created_90k) "
                     "VALUES (1, ?, ?, ?)",
-                    (SCHEMA_VERSION, str(uuid.uuid4()), _ns_to_90k(clock.wall_ns())),
+                    (SCHEMA_VERSION, str(uuid.uuid4()), ns_to_90k(clock.wall_ns())),
                 )
                 await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
@@ -344,7 +226,7 @@ class Index:
     # --- plumbing ---
 
     def _now_90k(self) -> int:
-        return _ns_to_90k(self._clock.wall_ns())
+        return ns_to_90k(self._clock.wall_ns())
 
     async def _write(self, what: str, body: Callable[[_Db], Awaitable[_T]]) -> _T:
         """Run ``body`` in one write transaction. A cancelled caller does not cut it short."""
@@ -543,24 +425,24 @@ class Index:
 
     async def open_runs(self) -> list[RunRow]:
         """Runs still recording (after a crash: the runs recovery must end)."""
-        sql = f"SELECT {_RUN_COLS} FROM run WHERE end_90k IS NULL ORDER BY +id"
-        return [_run_row(r) for r in await self._fetchall("open_runs", sql, ())]
+        sql = f"SELECT {RUN_COLUMNS} FROM run WHERE end_90k IS NULL ORDER BY +id"
+        return [run_row(r) for r in await self._fetchall("open_runs", sql, ())]
 
     async def open_segments(self) -> list[SegmentRow]:
         """Segments in state ``open`` (after a crash: the files recovery must finish)."""
-        sql = f"SELECT {_SEGMENT_COLS} FROM segment WHERE state = 'open' ORDER BY +id"
-        return [_segment_row(r) for r in await self._fetchall("open_segments", sql, ())]
+        sql = f"SELECT {SEGMENT_COLUMNS} FROM segment WHERE state = 'open' ORDER BY +id"
+        return [segment_row(r) for r in await self._fetchall("open_segments", sql, ())]
 
     async def runs(self, camera_id: str, start_90k: int, end_90k: int) -> list[RunRow]:
         """Runs overlapping ``[start_90k, end_90k)``, by start; an open run extends to now."""
         if end_90k <= start_90k:
             return []
         sql = (
-            f"SELECT {_RUN_COLS} FROM run WHERE camera_id = ? AND start_90k < ? "
+            f"SELECT {RUN_COLUMNS} FROM run WHERE camera_id = ? AND start_90k < ? "
             "AND (end_90k IS NULL OR end_90k > ?) ORDER BY start_90k, id"
         )
         rows = await self._fetchall(f"runs({camera_id})", sql, (camera_id, end_90k, start_90k))
-        return [_run_row(r) for r in rows]
+        return [run_row(r) for r in rows]
 
     async def segments(self, camera_id: str, start_90k: int, end_90k: int) -> list[SegmentRow]:
         """Segments of every state overlapping ``[start_90k, end_90k)``, ordered by start.
@@ -575,18 +457,18 @@ class Index:
         # segment older than that (only until recovery closes it). '+' keeps the planner on
         # the small partial index of open segments there.
         sql = (
-            f"SELECT {_SEGMENT_COLS} FROM segment WHERE camera_id = :cam "
+            f"SELECT {SEGMENT_COLUMNS} FROM segment WHERE camera_id = :cam "
             "AND start_90k < :end AND start_90k > :start - :cap "
             "AND (end_90k > :start OR (end_90k IS NULL AND (state = 'open' "
             "OR start_90k >= :start))) "
-            f"UNION ALL SELECT {_SEGMENT_COLS} FROM segment WHERE state = 'open' "
+            f"UNION ALL SELECT {SEGMENT_COLUMNS} FROM segment WHERE state = 'open' "
             "AND +camera_id = :cam AND +start_90k <= :start - :cap "
             "ORDER BY start_90k, id"
         )
         params = {"cam": camera_id, "start": start_90k, "end": end_90k, "cap": MAX_SEGMENT_90K}
         async with self._read(f"segments({camera_id})", sql, params) as cur:
             rows = await cur.fetchall()
-        return [_segment_row(r) for r in rows]
+        return [segment_row(r) for r in rows]
 
     async def gaps(self, camera_id: str, start_90k: int, end_90k: int) -> list[Gap]:
         """Stretches of ``[start_90k, end_90k)`` no run covers, each with the reason the run
@@ -598,15 +480,15 @@ class Index:
             return []
         # One statement, so one snapshot: the runs in the range plus the last one before it.
         sql = (
-            f"SELECT {_RUN_COLS} FROM run WHERE camera_id = :cam AND start_90k < :end "
+            f"SELECT {RUN_COLUMNS} FROM run WHERE camera_id = :cam AND start_90k < :end "
             "AND (end_90k IS NULL OR end_90k > :start) "
-            f"UNION ALL SELECT * FROM (SELECT {_RUN_COLS} FROM run WHERE camera_id = :cam "
+            f"UNION ALL SELECT * FROM (SELECT {RUN_COLUMNS} FROM run WHERE camera_id = :cam "
             "AND end_90k <= :start ORDER BY end_90k DESC, id DESC LIMIT 1)"
         )
         params = {"cam": camera_id, "start": start_90k, "end": end_90k}
         async with self._read(f"gaps({camera_id})", sql, params) as cur:
-            runs = [_run_row(r) for r in await cur.fetchall()]
-        return _derive_gaps(camera_id, start_90k, end_90k, runs)
+            runs = [run_row(r) for r in await cur.fetchall()]
+        return derive_gaps(camera_id, start_90k, end_90k, runs)
 
     async def segment_fragments(self, segment_id: int) -> tuple[Fragment, ...]:
         """The segment's fragment map; empty while the segment is open."""
@@ -630,31 +512,6 @@ def _settle(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _derive_gaps(camera_id: str, start_90k: int, end_90k: int, runs: list[RunRow]) -> list[Gap]:
-    """``runs``: those overlapping the range, plus at most one that ended at or before it."""
-    before = [r for r in runs if r.end_90k is not None and r.end_90k <= start_90k]
-    inside = sorted((r for r in runs if r not in before), key=lambda r: (r.start_90k, r.id))
-    prev = before[0] if before else None  # the run whose end is the latest so far
-    covered_to = start_90k  # everything before this is covered by a run or is not a gap
-    gaps: list[Gap] = []
-    for r in inside:
-        if r.start_90k > covered_to and prev is not None:
-            gaps.append(_gap(camera_id, covered_to, r.start_90k, prev, r.id))
-        if r.end_90k is None:
-            return gaps  # still recording: nothing after this is a gap
-        if r.end_90k > covered_to:
-            covered_to = r.end_90k
-            prev = r
-    if prev is not None and covered_to < end_90k:
-        gaps.append(_gap(camera_id, covered_to, end_90k, prev, None))
-    return gaps
-
-
-def _gap(camera_id: str, start_90k: int, end_90k: int, prev: RunRow, next_id: int | None) -> Gap:
-    assert prev.end_reason is not None
-    return Gap(camera_id, start_90k, end_90k, prev.end_reason, prev.end_detail, prev.id, next_id)
-
-
 def _translate(e: sqlite3.Error, context: str) -> StorageError:
     """The one place sqlite3 errors become ours; a full disk gets its own type."""
     code = getattr(e, "sqlite_errorcode", None)
@@ -666,15 +523,3 @@ async def _scalar(db: _Db, sql: str, params: Sequence[object] = ()) -> Any:
     async with db.execute(sql, params) as cur:
         row = await cur.fetchone()
     return None if row is None else row[0]
-
-
-def _ns_to_90k(ns: int) -> int:
-    return ns * 9 // 100_000
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -172,7 +172,7 @@ create table segment (
 
   -- The fragment map: where each moof+mdat pair sits in the file and when it starts, so a time
   -- range maps to byte ranges without opening the file. A version byte, then one fixed-width
-  -- little-endian record per fragment; the layout is in docs/storage.md and index.py
+  -- little-endian record per fragment; the layout is in docs/storage.md and fragment_map.py
   -- (encode_fragments). NULL while open.
   fragments blob,
 

@@ -34,13 +34,10 @@ from av.stream import Stream
 from nvr.errors import StorageError, StorageFullError
 from nvr.media import AudioCodec, AudioFrame, VideoCodec, VideoParameters
 from nvr.storage.audio_aac import G711ToAac, adts_template
+from nvr.storage.fsync import fsync_dir
 from nvr.storage.model import SegmentFile
-from nvr.storage.mp4box import (
-    Mp4Scanner,
-    annexb_to_sample,
-    top_level_box,
-    video_sample_entry,
-)
+from nvr.storage.mp4box import Mp4Scanner, top_level_box, video_sample_entry
+from nvr.storage.nal_framing import annexb_to_sample
 from nvr.storage.recovery_file import fragment_facts
 
 __all__ = [
@@ -272,7 +269,7 @@ class SegmentMuxer:
             raise _storage_error(path, "cannot create", exc) from exc
         self._sink = _FileSink(fd)
         try:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             self._container = av.open(
                 self._sink, "w", format="mp4", options=_mov_options(max_fragment_90k)
             )
@@ -422,14 +419,6 @@ class SegmentMuxer:
             fd, self._sink.fd = self._sink.fd, -1
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _storage_error(path: Path, what: str, exc: BaseException) -> StorageError:
