@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nvr.clock import Clock
-from nvr.errors import CameraClockJumpError, StorageError
+from nvr.errors import CameraClockJumpError, StorageError, StorageFullError
 from nvr.ingest.timeline import RunTimeline, SegmentTimes, SplitError
 from nvr.media import AudioCodec, AudioFrame, MediaDescription, VideoAccessUnit, VideoParameters
 from nvr.storage.index import Index, segment_rel_path
@@ -187,28 +187,36 @@ class Recorder:
         self._submit(WriteAudio(frame, pts))
 
     async def end_run(self, reason: RunEndReason, detail: str | None = None) -> None:
-        """Close the open segment (its last frame keeps the previous frame's duration)."""
+        """Close the open segment (its last frame keeps the previous frame's duration), end the run.
+
+        The run's row is ended whatever happens to the segment: a failed segment is recovered
+        to its whole fragments (or marked missing) and the run ends where the kept data ends.
+        """
         run = self._run
         if run is None:
             return
-        pending = self._pending
-        end_media = run.segment.media_start_90k if run.segment is not None else 0
-        if pending is not None and run.segment is not None:
-            try:
-                await self._write_pending(run, pending, run.last_duration_90k)
-                end_media = pending.media_90k + run.last_duration_90k
-            except WriterBehindError:
-                end_media = pending.media_90k
-        self._pending = None
-        end_90k = run.timeline.wall_90k(end_media)
-        if run.segment is not None:
-            try:
-                times = run.timeline.close_segment(end_media)
-            except SplitError as split:
-                times = split.times
-            end_90k = await self._finish_segment(run, run.segment, times)
         self._run = None
-        await self._index.end_run(run.id, end_90k, reason, detail)
+        pending, self._pending = self._pending, None
+        seg = run.segment
+        end_90k = run.timeline.start_90k
+        try:
+            if seg is not None:
+                end_media = seg.media_start_90k
+                if pending is not None:
+                    try:
+                        await self._write_pending(run, pending, run.last_duration_90k)
+                        end_media = pending.media_90k + run.last_duration_90k
+                    except StorageError:  # the writer is behind, or this segment failed
+                        end_media = pending.media_90k
+                try:
+                    times = run.timeline.close_segment(end_media)
+                except SplitError as split:
+                    times = split.times
+                end_90k, error = await self._finish_segment(run, seg, times)
+                if error is not None and str(error) not in (detail or ""):
+                    detail = f"{detail}; {error}" if detail else str(error)
+        finally:
+            await self._index.end_run(run.id, end_90k, reason, detail)
         log.info("camera=%s run %d ended: %s%s", self.camera_id, run.id, reason.value,
                  f" ({detail})" if detail else "")
 
@@ -270,25 +278,40 @@ class Recorder:
         self.frames += 1
 
     async def _close_segment(self, run: _Run, media_end_90k: int) -> bool:
-        """Close the open segment at ``media_end_90k``; False if the run had to end there."""
+        """Close the open segment at ``media_end_90k``; False if the run had to end there.
+
+        A clock split ends the run with ``clock_jump`` (the caller starts a new one); a write
+        error ends it too and is raised, so the session ends and the camera backs off.
+        """
         seg = run.segment
         assert seg is not None
+        split: SplitError | None = None
         try:
             times = run.timeline.close_segment(media_end_90k)
-        except SplitError as split:
-            await self._finish_segment(run, seg, split.times)
-            self._pending = None
-            run.segment = None
-            self._run = None
-            await self._index.end_run(run.id, split.times.end_90k, RunEndReason.CLOCK_JUMP,
-                                      str(split))
-            log.warning("camera=%s %s; starting a new run", self.camera_id, split)
-            return False
-        await self._finish_segment(run, seg, times)
-        return True
+        except SplitError as exc:
+            times, split = exc.times, exc
+        end_90k, error = await self._finish_segment(run, seg, times)
+        if split is None and error is None:
+            return True
+        self._pending = None
+        self._run = None
+        if error is not None:
+            reason = (RunEndReason.DISK_FULL if isinstance(error, StorageFullError)
+                      else RunEndReason.ERROR)
+            await self._index.end_run(run.id, end_90k, reason, str(error))
+            raise error
+        await self._index.end_run(run.id, end_90k, RunEndReason.CLOCK_JUMP, str(split))
+        log.warning("camera=%s %s; starting a new run", self.camera_id, split)
+        return False
 
-    async def _finish_segment(self, run: _Run, seg: _Segment, times: SegmentTimes) -> int:
-        """Hand the close to the writer, wait for the file's facts, close the row."""
+    async def _finish_segment(
+        self, run: _Run, seg: _Segment, times: SegmentTimes
+    ) -> tuple[int, StorageError | None]:
+        """Hand the close to the writer, wait for the file's facts, close the row.
+
+        Returns the segment's wall end and, if the writer failed, its error: the file is then
+        cut back to its whole fragments and closed with what they hold (or marked missing).
+        """
         run.segment = None
         if not seg.done.done() and not self._writer.submit(CloseSegment()):
             await asyncio.to_thread(self._writer.submit_wait, CloseSegment())
@@ -298,16 +321,17 @@ class Recorder:
             recovered = await asyncio.to_thread(recover_segment_file, self._root / seg.rel_path)
             if recovered is None:
                 await self._index.mark_segment_missing(seg.id)
-                raise
+                log.error("camera=%s segment %s lost: %s", self.camera_id, seg.rel_path, exc)
+                return times.start_90k, exc
             end_90k = times.start_90k + recovered.media_duration_90k
             await self._index.close_segment(seg.id, end_90k, recovered, start_90k=times.start_90k)
             log.error("camera=%s segment %s kept %d frames after a write error: %s",
                       self.camera_id, seg.rel_path, recovered.video_frames, exc)
-            raise
+            return end_90k, exc
         await self._index.close_segment(seg.id, times.end_90k, facts, start_90k=times.start_90k)
         self.segments_closed += 1
         self.bytes_closed += facts.size_bytes
-        return times.end_90k
+        return times.end_90k, None
 
     def stats(self) -> RecorderStats:
         return RecorderStats(self.runs, self.segments_closed, self.frames, self.bytes_closed)
