@@ -37,7 +37,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKECAM_SCRIPT = REPO_ROOT / "tools" / "fakecam.py"
 SYSTEM_PYTHON = "/usr/bin/python3"  # PyGObject is a Debian package, not in the venv
 LOOPBACK = "127.0.0.1"
-CLIP_NAMES = ("h264", "h265", "h264-aac", "h265-aac")
 
 AuthMethod = Literal["none", "basic", "digest"]
 
@@ -62,21 +61,20 @@ def fakecam_unavailable_reason() -> str | None:
     return None
 
 
-def make_clips(media_dir: Path) -> dict[str, Path]:
+def make_clips(
+    media_dir: Path, width: int = 640, height: int = 360, fps: int = 25
+) -> dict[str, Path]:
     """Generate the looped MPEG-TS clips into media_dir unless already there (cache-friendly).
 
-    The clip recipe lives in tools/fakecam.py only, so the camera and the tests agree.
+    Returns clip name ("h264", "h265", "h264-aac", "h265-aac") -> path. The recipe lives in
+    tools/fakecam.py only, so the camera and the tests always agree on it.
     """
-    media_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: media_dir / f"{name}.ts" for name in CLIP_NAMES}
-    if not all(p.exists() for p in paths.values()):
-        subprocess.run(
-            [SYSTEM_PYTHON, str(FAKECAM_SCRIPT), "--make-clips", "--media-dir", str(media_dir)],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    return paths
+    size = ["--width", str(width), "--height", str(height), "--fps", str(fps)]
+    cmd = [SYSTEM_PYTHON, str(FAKECAM_SCRIPT), "--make-clips", "--media-dir", str(media_dir)]
+    out = subprocess.run(
+        [*cmd, *size], check=True, capture_output=True, text=True, timeout=300
+    ).stdout
+    return {name: Path(path) for name, path in json.loads(out).items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +93,7 @@ class FakeCam:
         self.rtsp_port = 0
         self.control_port = 0
         self.mounts: list[str] = []
+        self.clips: dict[str, Path] = {}  # clip name -> the MPEG-TS file a /file mount loops
         self.auth: AuthMethod = "none"
 
     def start(
@@ -118,10 +117,12 @@ class FakeCam:
             "--auth", auth, "--user", user, "--password", password,
             "--media-dir", str(media_dir),
             "--width", str(width), "--height", str(height), "--fps", str(fps),
+            "--quit-on-stdin-eof",
         ]  # fmt: skip
         self._stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in stop)
         self._proc = subprocess.Popen(
             cmd,
+            stdin=subprocess.PIPE,  # closed when we exit, however we exit: the camera follows
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
@@ -167,6 +168,7 @@ class FakeCam:
                 self.rtsp_port = int(msg["rtsp_port"])
                 self.control_port = int(msg["control_port"])
                 self.mounts = [str(m) for m in msg["mounts"]]
+                self.clips = {str(k): Path(v) for k, v in msg["clips"].items()}
                 return
 
     def _stderr_tail(self, limit: int = 2000) -> str:
@@ -228,8 +230,16 @@ class FakeCam:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def wait(self, timeout_s: float) -> int:
+        """Wait for the process to exit by itself (after quit()); its exit code."""
+        if self._proc is None:
+            raise FakeCamError("not started")
+        return self._proc.wait(timeout=timeout_s)
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM, wait, SIGKILL if it hangs; the exit code (None if never started)."""
         proc, self._proc = self._proc, None
+        code = None
         if proc is not None:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -238,16 +248,15 @@ class FakeCam:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=timeout_s)
-            if proc.stdout is not None:
-                proc.stdout.close()
+            code = proc.returncode
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
         self.control_port = 0
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.poll()
+        return code
 
     def __enter__(self) -> Self:
         return self
@@ -307,6 +316,7 @@ class RawRtspReader:
         self._buf = b""
         self._cseq = 0
         self._auth_challenge: dict[str, str] | None = None
+        self.auth_scheme: str | None = None  # "basic" / "digest" once the server asked for it
         self._session: str | None = None
         self.streams: list[SdpStream] = []
 
@@ -344,9 +354,11 @@ class RawRtspReader:
             msg += "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
             self._sock.sendall(msg.encode())
             status, reason, headers, body = self._read_response()
-            if status == 401 and self._auth_challenge is None and self._user is not None:
+            if status == 401 and self._auth_challenge is None:
                 self._auth_challenge = _parse_challenge(headers.get("www-authenticate", ""))
-                continue
+                self.auth_scheme = self._auth_challenge["scheme"]
+                if self._user is not None:
+                    continue
             if status != 200:
                 raise RtspStatusError(method, status, reason)
             return headers, body
