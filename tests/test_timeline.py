@@ -144,3 +144,12 @@ def test_audio_is_placed_where_it_arrived_on_the_video_axis() -> None:
     # First AAC frame (48 kHz) arrives 100 ms into the run; the next one 1024 samples later.
     assert tl.audio(1, 555, 48_000, MONO0_NS + 100_000_000) == 9000
     assert tl.audio(1, 555 + 1024, 48_000, MONO0_NS + 121_000_000) == 9000 + 1920
+
+
+def test_media_of_places_a_sender_report_timestamp_without_taking_it() -> None:
+    tl = make()
+    assert tl.media_of(5) is None
+    tl.video(0xFFFF_FF00, MONO0_NS)
+    assert tl.media_of(0xFFFF_FF00 + 9000) == 9000  # across the wrap
+    assert tl.media_of(0xFFFF_FF00 - 900) == -900
+    assert tl.video(0xFFFF_FF00 + FRAME_90K, MONO0_NS + FRAME_NS) == FRAME_90K

@@ -67,6 +67,7 @@ class Run:
     end_90k: int | None
     end_reason: str | None
     end_detail: str | None
+    clock_offset_ns: int | None
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class IndexReader:
 
     def runs(self, camera_id: str | None = None) -> list[Run]:
         rows = self._query(
-            "SELECT id, camera_id, start_90k, end_90k, end_reason, end_detail FROM run "
+            "SELECT id, camera_id, start_90k, end_90k, end_reason, end_detail, clock_offset_ns FROM run "
             "WHERE ?1 IS NULL OR camera_id = ?1 ORDER BY id",
             camera_id,
         )
@@ -163,9 +164,10 @@ def ffprobe_streams(path: Path) -> list[dict[str, object]]:
 
 
 def ffprobe_duration_s(path: Path) -> float:
+    """The video stream's duration as ffprobe reads it (audio may run a frame longer)."""
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
-         str(path)],
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+         "stream=duration", "-of", "csv=p=0", str(path)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return float(out.stdout.strip())

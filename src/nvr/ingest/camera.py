@@ -7,6 +7,7 @@ everything its session and recorder raise, except cancellation (shutdown).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -98,7 +99,13 @@ def _first_error(exc: BaseException) -> BaseException:
     return exc
 
 
-_Item = tuple[int, VideoAccessUnit | AudioFrame, int]
+@dataclass(frozen=True, slots=True)
+class _SenderReport:
+    ntp_ns: int
+    rtp_timestamp: int
+
+
+_Item = tuple[int, VideoAccessUnit | AudioFrame | _SenderReport, int]
 
 
 class CameraSupervisor:
@@ -217,6 +224,11 @@ class CameraSupervisor:
                 return
             deliver(stream, data, recv_ns)
 
+        def on_sender_report(stream: int, ntp_ns: int, rtp_timestamp: int) -> None:
+            if stream == 0:
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait((stream, _SenderReport(ntp_ns, rtp_timestamp), 0))
+
         session = self._session_factory(
             cfg.url,
             username=user,
@@ -225,6 +237,7 @@ class CameraSupervisor:
             want_audio=cfg.audio != "off",
             timeout_s=cfg.connect_timeout_s,
             on_packet=on_packet,
+            on_sender_report=on_sender_report,
             clock=self._clock,
         )
         async with session:
@@ -256,8 +269,10 @@ class CameraSupervisor:
                 await self.recorder.video(item, recv_ns)
                 if self.recorder.recording:
                     self.state = CameraState.STREAMING
-            else:
+            elif isinstance(item, AudioFrame):
                 await self.recorder.audio(item, stream, recv_ns)
+            else:
+                await self.recorder.sender_report(item.ntp_ns, item.rtp_timestamp)
 
     async def _watchdog(self) -> None:
         timeout_ns = int(self.cfg.stall_timeout_s * 1e9)

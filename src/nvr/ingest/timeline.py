@@ -43,6 +43,11 @@ class TimestampUnwrapper:
         self._last_raw: int | None = None
         self._last_ext = 0
 
+    @property
+    def last(self) -> tuple[int | None, int]:
+        """The last raw timestamp taken and its unwrapped value."""
+        return self._last_raw, self._last_ext
+
     def unwrap(self, raw: int) -> int:
         raw &= 0xFFFF_FFFF
         if self._last_raw is None:
@@ -123,6 +128,17 @@ class RunTimeline:
         while recent[0][0] < media_90k - DRIFT_WINDOW_90K:
             recent.popleft()
         return media_90k
+
+    def media_of(self, rtp_timestamp: int) -> int | None:
+        """Media time (90 kHz) of a video RTP timestamp near the last frame's, without
+        taking it as a frame (for RTCP sender reports); None before the first frame."""
+        last_raw, last_ext = self._unwrap.last
+        if last_raw is None:
+            return None
+        delta = (rtp_timestamp - last_raw) & 0xFFFF_FFFF
+        if delta >= 0x8000_0000:
+            delta -= 0x1_0000_0000
+        return ticks_to_90k(last_ext + delta, self._clock_rate)
 
     def audio(self, stream: int, rtp_timestamp: int, clock_rate: int, recv_mono_ns: int) -> int:
         """Media time (90 kHz, video axis) of an audio frame.

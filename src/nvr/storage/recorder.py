@@ -80,6 +80,7 @@ class _Run:
     timeline: RunTimeline
     segment: _Segment | None = None
     last_duration_90k: int = 3600
+    clock_offset_known: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +186,26 @@ class Recorder:
             return
         pts = rel_90k * frame.clock_rate // 90_000
         self._submit(WriteAudio(frame, pts))
+
+    async def sender_report(self, ntp_ns: int, rtp_timestamp: int) -> None:
+        """An RTCP sender report on the video stream: the camera's clock against ours.
+
+        Stored on the run once (camera clock minus NVR clock, ns); an offset over 2 s is
+        logged, because an officer comparing the picture's overlay with our times needs it.
+        """
+        run = self._run
+        if run is None or run.clock_offset_known:
+            return
+        media_90k = run.timeline.media_of(rtp_timestamp)
+        if media_90k is None:
+            return
+        nvr_ns = run.timeline.wall_90k(media_90k) * 100_000 // 9
+        offset_ns = ntp_ns - nvr_ns
+        run.clock_offset_known = True
+        await self._index.set_run_clock_offset(run.id, offset_ns)
+        if abs(offset_ns) > 2 * 10**9:
+            log.warning("camera=%s clock is %+.1f s off the NVR clock (RTCP sender report)",
+                        self.camera_id, offset_ns / 1e9)
 
     async def end_run(self, reason: RunEndReason, detail: str | None = None) -> None:
         """Close the open segment (its last frame keeps the previous frame's duration), end the run.
