@@ -3,41 +3,62 @@
 * ``gst`` runs a real GStreamer packetizer (rtph264pay, rtph265pay, rtpmp4gpay,
   rtppcmapay) at test time; its RTP goes through ``rtpstreampay`` (RFC 4571 framing:
   a 16-bit length before each packet) into a file that ``read_rfc4571`` splits again.
+  A payloader's caps (the fmtp it announces) go through ``gdppay`` into a file that
+  ``read_gdp_caps`` reads: ``gst-launch-1.0 -v`` is no way to learn them, since it
+  prints a property only if its notification reaches the bus, and one emitted while
+  another streaming thread emits one too is sometimes lost.
 * ``access_units`` cuts the encoder's own Annex B byte stream (teed off before the
   payloader) into access units, the reference the depacketized output must match.
 * ``packetize`` is a second, independent packetizer: it re-packs the same NAL units
   with any fragment size, with or without aggregation, markers and timestamp quirks.
+* The checks both NAL depacketizers' tests run (``repacketized``, ``check_fu_boundaries``,
+  ``depacketize_lossy``...) take the depacketizer class and build one per run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import shlex
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
+from hypothesis import strategies as st
 
+from nvr.errors import DepacketizeError
 from nvr.ingest.nal import NalDepacketizer, split_annexb
 from nvr.ingest.rtp import parse_rtp
-from nvr.media import RtpPacket, VideoAccessUnit, VideoCodec
+from nvr.media import RtpPacket, VideoAccessUnit, VideoCodec, VideoParameters
 
 AccessUnit = tuple[bytes, ...]
+Unit = TypeVar("Unit")
+Unit_co = TypeVar("Unit_co", covariant=True)
+NewDepacketizer = Callable[[Mapping[str, str]], NalDepacketizer]  # H264/H265Depacketizer
+
+
+class Depacketizer(Protocol[Unit_co]):
+    def push(self, packet: RtpPacket) -> None: ...
+
+    def pull(self) -> Unit_co | None: ...
+
 
 H264_PREFIX_TYPES = frozenset({6, 7, 8, 9, 14, 15, 16, 17, 18})
 H265_PREFIX_TYPES = frozenset({32, 33, 34, 35, 39, 41, 42, 43, 44})
 
 
-def gst(pipeline: str, *, verbose: bool = False) -> str:
-    """Run ``gst-launch-1.0`` on ``pipeline``; returns its output (caps with ``verbose``)."""
+def gst(pipeline: str) -> None:
+    """Run ``gst-launch-1.0`` on ``pipeline``; its results are the files it writes."""
     launcher = shutil.which("gst-launch-1.0")
     if launcher is None:
         pytest.skip("gst-launch-1.0 is not installed (Debian package gstreamer1.0-tools)")
     result = subprocess.run(
-        [launcher, "-v" if verbose else "-q", *shlex.split(pipeline)],
+        [launcher, "-q", *shlex.split(pipeline)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -45,7 +66,23 @@ def gst(pipeline: str, *, verbose: bool = False) -> str:
     )
     if result.returncode != 0:
         pytest.fail(f"gst-launch-1.0 failed ({result.returncode}): {result.stderr[-2000:]}")
-    return result.stdout
+
+
+GDP_HEADER_LEN = 62  # GStreamer Data Protocol 1.0: payload type at 4, payload length at 6
+GDP_PAYLOAD_CAPS = 2
+
+
+def read_gdp_caps(path: Path) -> str:
+    """The first caps in a ``gdppay`` stream, as ``gst_caps_to_string`` wrote them."""
+    data = path.read_bytes()
+    pos = 0
+    while pos + GDP_HEADER_LEN <= len(data):
+        kind, size = struct.unpack_from("!HI", data, pos + 4)
+        start = pos + GDP_HEADER_LEN
+        if kind == GDP_PAYLOAD_CAPS:
+            return data[start : start + size].rstrip(b"\x00").decode()
+        pos = start + size
+    raise AssertionError(f"no caps in the GDP stream {path} ({len(data)} bytes)")
 
 
 def read_rfc4571(path: Path) -> list[bytes]:
@@ -132,11 +169,12 @@ class VideoFixture:
 
 
 def video_fixture(
-    workdir: Path, codec: VideoCodec, *, frames: int, payloader: str, name: str
+    tmp_path_factory: pytest.TempPathFactory, codec: VideoCodec, frames: int, payloader: str
 ) -> VideoFixture:
     """Encode a test pattern, tee the byte stream to a file and through ``payloader``."""
-    rtp = workdir / f"{name}.rtp"
-    es = workdir / f"{name}.es"
+    workdir = tmp_path_factory.mktemp(codec.value)
+    rtp = workdir / "stream.rtp"
+    es = workdir / "stream.es"
     if codec is VideoCodec.H264:
         encoder = "x264enc key-int-max=10 bframes=0 speed-preset=ultrafast ! video/x-h264"
     else:
@@ -156,13 +194,119 @@ def video_fixture(
     )
 
 
-def drain(depacketizer: NalDepacketizer, packets: Iterable[RtpPacket]) -> list[VideoAccessUnit]:
-    units: list[VideoAccessUnit] = []
+def requested_video_fixture(request: pytest.FixtureRequest) -> VideoFixture:
+    """The ``VideoFixture`` that a parametrized fixture's parameter names."""
+    fixture: VideoFixture = request.getfixturevalue(request.param)
+    return fixture
+
+
+def pkt(seq: int, ts: int, payload: bytes, marker: bool = False) -> RtpPacket:
+    """A hand-built video packet (payload type 96)."""
+    return RtpPacket(96, marker, seq, ts, 0x1234, payload)
+
+
+def without_markers(packets: Iterable[RtpPacket]) -> list[RtpPacket]:
+    return [dataclasses.replace(packet, marker=False) for packet in packets]
+
+
+def drain(depacketizer: Depacketizer[Unit], packets: Iterable[RtpPacket]) -> list[Unit]:
+    units: list[Unit] = []
     for packet in packets:
         depacketizer.push(packet)
         while (unit := depacketizer.pull()) is not None:
             units.append(unit)
     return units
+
+
+def depacketize_lossy(new: NewDepacketizer, packets: Iterable[RtpPacket]) -> list[VideoAccessUnit]:
+    """``drain`` that goes on after a refused packet, as the session does."""
+    depacketizer = new({})
+    units: list[VideoAccessUnit] = []
+    for packet in packets:
+        with contextlib.suppress(DepacketizeError):
+            depacketizer.push(packet)
+        while (unit := depacketizer.pull()) is not None:
+            units.append(unit)
+    return units
+
+
+def expect_refused(
+    depacketizer: Depacketizer[object], packets: Sequence[RtpPacket], name: str, detail: str
+) -> RtpPacket:
+    """Push ``packets``: all but the last are taken, the last is refused with ``detail``
+    in the message every depacketizer writes. Returns the refused packet."""
+    for packet in packets[:-1]:
+        depacketizer.push(packet)
+    bad = packets[-1]
+    with pytest.raises(DepacketizeError) as info:
+        depacketizer.push(bad)
+    assert str(info.value) == (
+        f"{name} packet seq={bad.sequence} ts={bad.timestamp}: {detail}; "
+        f"payload ({len(bad.payload)} bytes): {bad.payload.hex(' ')}"
+    )
+    return bad
+
+
+def check_encoder_units(units: Sequence[VideoAccessUnit], fixture: VideoFixture) -> VideoParameters:
+    """What holds for a real payloader's stream of ``video_fixture``: the encoder's units
+    (with the payloader's insertions), parameters new on the first unit only, 320x240.
+    Returns those parameters."""
+    assert [unit.nal_units for unit in units] == fixture.expected
+    assert [unit.new_parameters for unit in units] == [True] + [False] * (len(units) - 1)
+    params = units[0].parameters
+    assert params is not None
+    assert (params.width, params.height) == (320, 240)
+    return params
+
+
+def repacketized(
+    new: NewDepacketizer, fixture: VideoFixture, options: PackOptions
+) -> tuple[list[VideoAccessUnit], list[VideoAccessUnit]]:
+    """The fixture's units as depacketized, and again after ``packetize`` re-packed them."""
+    reference = drain(new({}), fixture.packets)
+    units = [(unit.timestamp, unit.nal_units) for unit in reference]
+    return reference, drain(new({}), packetize(fixture.codec, units, options))
+
+
+def check_fu_boundaries(new: NewDepacketizer, fixture: VideoFixture) -> int:
+    """Each NAL unit of the first (key)frame unit and of the unit after it, cut into FU
+    fragments at every byte offset (``every_fu_split``), comes out whole. Returns how many
+    cuts were checked."""
+    keyframe, following = drain(new({}), fixture.packets)[:2]
+    lead = [pkt(i, keyframe.timestamp, nal) for i, nal in enumerate(keyframe.nal_units)]
+    checked = 0
+    for unit, before in ((keyframe, []), (following, lead)):
+        for where, payloads in every_fu_split(fixture.codec, unit.nal_units):
+            packets = before + [
+                pkt(len(before) + i, unit.timestamp, p, marker=i == len(payloads) - 1)
+                for i, p in enumerate(payloads)
+            ]
+            assert drain(new({}), packets)[-1].nal_units == unit.nal_units, where
+            checked += 1
+    return checked
+
+
+def packet_edits(max_index: int, max_size: int) -> st.SearchStrategy[list[tuple[int, str]]]:
+    """Hypothesis lists of ``mutate`` edits."""
+    return st.lists(
+        st.tuples(
+            st.integers(min_value=1, max_value=max_index),
+            st.sampled_from(["drop", "dup", "swap", "late"]),
+        ),
+        max_size=max_size,
+    )
+
+
+def encoded_sps(workdir: Path, codec: VideoCodec, caps: str, encoder: str) -> bytes:
+    """The SPS ``encoder`` (an x264enc / x265enc element) writes for one ``caps`` frame."""
+    out = workdir / "one.es"
+    video = "video/x-h264" if codec is VideoCodec.H264 else "video/x-h265"
+    gst(
+        f"videotestsrc num-buffers=1 ! video/x-raw,{caps} ! {encoder} ! "
+        f"{video},stream-format=byte-stream ! filesink location={out}"
+    )
+    sps_type = 7 if codec is VideoCodec.H264 else 33
+    return next(nal for nal in split_annexb(out.read_bytes()) if nal_type(codec, nal) == sps_type)
 
 
 def check_clean_start(

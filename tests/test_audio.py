@@ -12,8 +12,8 @@ import pytest
 
 from nvr.errors import CameraProtocolError, DepacketizeError
 from nvr.ingest.audio import AacDepacketizer, G711Depacketizer
-from nvr.media import AudioCodec, AudioFrame, MediaDescription, RtpPacket
-from rtp_fixtures import gst, rtp_packets
+from nvr.media import AudioCodec, MediaDescription, RtpPacket
+from rtp_fixtures import drain, expect_refused, gst, read_gdp_caps, rtp_packets
 
 HBR = {"mode": "AAC-hbr", "sizelength": "13", "indexlength": "3", "indexdeltalength": "3"}
 CONFIG = "1408"
@@ -29,17 +29,6 @@ def aac(fmtp: dict[str, str] | None = None) -> AacDepacketizer:
 
 def pkt(seq: int, ts: int, payload: bytes, marker: bool = True) -> RtpPacket:
     return RtpPacket(97, marker, seq, ts, 0x42, payload)
-
-
-def drain(
-    depacketizer: AacDepacketizer | G711Depacketizer, packets: list[RtpPacket]
-) -> list[AudioFrame]:
-    frames: list[AudioFrame] = []
-    for packet in packets:
-        depacketizer.push(packet)
-        while (frame := depacketizer.pull()) is not None:
-            frames.append(frame)
-    return frames
 
 
 def hbr_payload(*aus: bytes, sizes: list[int] | None = None) -> bytes:
@@ -71,17 +60,15 @@ def adts_frames(data: bytes) -> list[bytes]:
 
 
 def aac_fixture(workdir: Path, payloader: str) -> AacFixture:
-    rtp, adts = workdir / "aac.rtp", workdir / "aac.adts"
-    out = gst(
+    """The payloader's RTP, its caps (through ``gdppay``) and the encoder's ADTS frames."""
+    rtp, caps, adts = workdir / "aac.rtp", workdir / "aac.gdp", workdir / "aac.adts"
+    gst(
         "audiotestsrc num-buffers=40 wave=pink-noise ! audio/x-raw,rate=16000,channels=1 ! "
-        f"avenc_aac ! tee name=t ! queue ! {payloader} ! rtpstreampay ! "
-        f"filesink location={rtp} t. ! queue ! aacparse ! audio/mpeg,stream-format=adts ! "
-        f"filesink location={adts}",
-        verbose=True,
+        f"avenc_aac ! tee name=t ! queue ! {payloader} ! tee name=p ! queue ! rtpstreampay ! "
+        f"filesink location={rtp} p. ! queue ! gdppay ! filesink location={caps} "
+        f"t. ! queue ! aacparse ! audio/mpeg,stream-format=adts ! filesink location={adts}"
     )
-    caps = re.search(r"rtpmp4gpay0\.GstPad:src: caps = (.*)", out)
-    assert caps is not None
-    fmtp = dict(re.findall(r"([a-z]+)=\(string\)([^,\s]+)", caps.group(1)))
+    fmtp = dict(re.findall(r"([a-z]+)=\(string\)([^,\s]+)", read_gdp_caps(caps)))
     description = media("MPEG4-GENERIC", {k: v for k, v in fmtp.items() if k != "media"})
     return AacFixture(description, rtp_packets(rtp), adts_frames(adts.read_bytes()))
 
@@ -253,15 +240,7 @@ def test_aac_errors(payloads: list[bytes], detail: str) -> None:
     depacketizer = aac()
     drain(depacketizer, [pkt(1, 0, hbr_payload(b"sync"))])
     packets = [pkt(2 + i, 0, p, marker=i == len(payloads) - 1) for i, p in enumerate(payloads)]
-    for packet in packets[:-1]:
-        depacketizer.push(packet)
-    bad = packets[-1]
-    with pytest.raises(DepacketizeError) as info:
-        depacketizer.push(bad)
-    assert str(info.value) == (
-        f"AAC packet seq={bad.sequence} ts=0: {detail}; "
-        f"payload ({len(bad.payload)} bytes): {bad.payload.hex(' ')}"
-    )
+    bad = expect_refused(depacketizer, packets, "AAC", detail)
     # the next packet of complete AUs is taken as usual
     frames = drain(depacketizer, [pkt(bad.sequence + 1, 1024, hbr_payload(b"ok"))])
     assert [f.data for f in frames] == [b"ok"]

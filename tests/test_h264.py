@@ -5,7 +5,6 @@ and Hypothesis loss/duplication/reordering."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import itertools
 from pathlib import Path
 
@@ -15,20 +14,27 @@ from hypothesis import strategies as st
 
 from nvr.errors import CameraProtocolError, DepacketizeError
 from nvr.ingest.h264 import H264Depacketizer, parse_sps_size
-from nvr.ingest.nal import DepacketizerState, split_annexb
+from nvr.ingest.nal import DepacketizerState
 from nvr.media import RtpPacket, VideoAccessUnit, VideoCodec
 from rtp_fixtures import (
     PackOptions,
     VideoFixture,
     check_clean_start,
+    check_encoder_units,
+    check_fu_boundaries,
+    depacketize_lossy,
     drain,
-    every_fu_split,
+    encoded_sps,
+    expect_refused,
     fu_payloads,
-    gst,
     mutate,
     nal_type,
-    packetize,
+    packet_edits,
+    pkt,
+    repacketized,
+    requested_video_fixture,
     video_fixture,
+    without_markers,
 )
 
 H264 = VideoCodec.H264
@@ -44,10 +50,6 @@ AUD = bytes.fromhex("0910")
 SPROP = {"sprop-parameter-sets": f"{SPS_B64},{base64.b64encode(PPS).decode()}"}
 
 
-def pkt(seq: int, ts: int, payload: bytes, marker: bool = False) -> RtpPacket:
-    return RtpPacket(96, marker, seq, ts, 0x1234, payload)
-
-
 def run(packets: list[RtpPacket], fmtp: dict[str, str] | None = None) -> list[VideoAccessUnit]:
     return drain(H264Depacketizer(fmtp or {}), packets)
 
@@ -58,31 +60,23 @@ def run(packets: list[RtpPacket], fmtp: dict[str, str] | None = None) -> list[Vi
 @pytest.fixture(scope="session")
 def h264_fu(tmp_path_factory: pytest.TempPathFactory) -> VideoFixture:
     """rtph264pay, mtu 600: single NAL units and FU-A."""
-    return video_fixture(
-        tmp_path_factory.mktemp("h264"),
-        H264,
-        frames=50,
-        payloader="rtph264pay mtu=600 config-interval=-1",
-        name="fu",
-    )
+    return video_fixture(tmp_path_factory, H264, 50, "rtph264pay mtu=600 config-interval=-1")
 
 
 @pytest.fixture(scope="session")
 def h264_stap(tmp_path_factory: pytest.TempPathFactory) -> VideoFixture:
     """rtph264pay aggregate-mode=zero-latency: STAP-A for AUD/SPS/PPS/SEI, FU-A beyond 1400."""
     return video_fixture(
-        tmp_path_factory.mktemp("h264"),
+        tmp_path_factory,
         H264,
-        frames=50,
-        payloader="rtph264pay mtu=1400 config-interval=-1 aggregate-mode=zero-latency",
-        name="stap",
+        50,
+        "rtph264pay mtu=1400 config-interval=-1 aggregate-mode=zero-latency",
     )
 
 
 @pytest.fixture(params=["h264_fu", "h264_stap"])
 def h264_stream(request: pytest.FixtureRequest) -> VideoFixture:
-    fixture: VideoFixture = request.getfixturevalue(request.param)
-    return fixture
+    return requested_video_fixture(request)
 
 
 def payload_types(fixture: VideoFixture) -> set[int]:
@@ -99,93 +93,56 @@ def test_real_stream_matches_encoder_byte_stream(h264_stream: VideoFixture) -> N
     # rtph264pay keeps AUD and SEI, and with config-interval=-1 re-sends SPS/PPS just
     # before each IDR slice although x264 already put them at the unit's start:
     # ``expected`` is the encoder's units with exactly that insertion.
-    assert [unit.nal_units for unit in units] == h264_stream.expected
+    params = check_encoder_units(units, h264_stream)
     assert len(units) == 50
     assert [unit.is_keyframe for unit in units] == [i % 10 == 0 for i in range(50)]
     steps = {(b.timestamp - a.timestamp) % 2**32 for a, b in itertools.pairwise(units)}
     assert steps == {3600}
-    assert [unit.new_parameters for unit in units] == [True] + [False] * 49
     assert not any(unit.loss_before for unit in units)
-    params = units[0].parameters
-    assert params is not None
-    assert (params.width, params.height) == (320, 240)
     assert params.sps == h264_stream.source[0][1]  # AUD, SPS, PPS, ...
 
 
 @pytest.mark.parametrize("fu_size", [1, 2, 3, 7, 64, 333, 1400, 65535])
 @pytest.mark.parametrize("aggregate", [False, True])
 def test_repacketized_at_many_sizes(h264_fu: VideoFixture, fu_size: int, aggregate: bool) -> None:
-    reference = run(h264_fu.packets)
-    units = [(unit.timestamp, unit.nal_units) for unit in reference]
-    packets = packetize(H264, units, PackOptions(fu_size=fu_size, aggregate=aggregate))
-    assert run(packets) == reference
+    options = PackOptions(fu_size=fu_size, aggregate=aggregate)
+    reference, units = repacketized(H264Depacketizer, h264_fu, options)
+    assert units == reference
 
 
 def test_fu_boundary_at_every_offset(h264_fu: VideoFixture) -> None:
     """Each NAL unit of a keyframe unit and of the unit after it, cut into FU-A
     fragments at every byte offset (two fragments, and three with a 1-byte middle)."""
-    keyframe, following = run(h264_fu.packets)[:2]
-    lead = [pkt(i, keyframe.timestamp, nal) for i, nal in enumerate(keyframe.nal_units)]
-    checked = 0
-    for unit, before in ((keyframe, []), (following, lead)):
-        for where, payloads in every_fu_split(H264, unit.nal_units):
-            packets = before + [
-                pkt(len(before) + i, unit.timestamp, p, marker=i == len(payloads) - 1)
-                for i, p in enumerate(payloads)
-            ]
-            assert run(packets)[-1].nal_units == unit.nal_units, where
-            checked += 1
+    keyframe = run(h264_fu.packets)[0]
+    checked = check_fu_boundaries(H264Depacketizer, h264_fu)
     assert checked > 2 * sum(len(nal) for nal in keyframe.nal_units)
 
 
 def test_camera_without_marker_bit(h264_stap: VideoFixture) -> None:
     reference = run(h264_stap.packets)
-    stripped = [
-        RtpPacket(p.payload_type, False, p.sequence, p.timestamp, p.ssrc, p.payload)
-        for p in h264_stap.packets
-    ]
     # A unit ends when the next one's timestamp arrives; the last one stays pending.
-    assert run(stripped) == reference[:-1]
+    assert run(without_markers(h264_stap.packets)) == reference[:-1]
 
 
 def test_parameter_sets_with_their_own_timestamp(h264_fu: VideoFixture) -> None:
-    reference = run(h264_fu.packets)
-    units = [(unit.timestamp, unit.nal_units) for unit in reference]
-    packets = packetize(H264, units, PackOptions(params_own_timestamp=True, marker=False))
-    assert run(packets) == reference[:-1]
+    options = PackOptions(params_own_timestamp=True, marker=False)
+    reference, units = repacketized(H264Depacketizer, h264_fu, options)
+    assert units == reference[:-1]
 
 
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(
-    edits=st.lists(
-        st.tuples(
-            st.integers(min_value=1, max_value=200),
-            st.sampled_from(["drop", "dup", "swap", "late"]),
-        ),
-        max_size=12,
-    ),
-    marker=st.booleans(),
-)
+@given(edits=packet_edits(max_index=200, max_size=12), marker=st.booleans())
 def test_loss_duplication_reordering(
     h264_fu: VideoFixture, edits: list[tuple[int, str]], marker: bool
 ) -> None:
     reference = run(h264_fu.packets)
     packets = mutate(h264_fu.packets, edits)
-    if not marker:
-        packets = [
-            RtpPacket(p.payload_type, False, p.sequence, p.timestamp, p.ssrc, p.payload)
-            for p in packets
-        ]
-    depacketizer = H264Depacketizer({})
-    units: list[VideoAccessUnit] = []
-    for packet in packets:
-        with contextlib.suppress(DepacketizeError):
-            depacketizer.push(packet)
-        while (unit := depacketizer.pull()) is not None:
-            units.append(unit)
+    units = depacketize_lossy(H264Depacketizer, packets if marker else without_markers(packets))
     check_clean_start(units, reference)
+    if not edits and marker:
+        assert units == reference
     if not edits and marker:
         assert units == reference
 
@@ -205,13 +162,7 @@ def test_loss_duplication_reordering(
     ],
 )
 def test_sps_size_from_x264(tmp_path: Path, caps: str, encoder: str, size: tuple[int, int]) -> None:
-    out = tmp_path / "one.h264"
-    gst(
-        f"videotestsrc num-buffers=1 ! video/x-raw,{caps} ! x264enc {encoder} ! "
-        f"video/x-h264,stream-format=byte-stream ! filesink location={out}"
-    )
-    sps = next(nal for nal in split_annexb(out.read_bytes()) if nal[0] & 0x1F == 7)
-    assert parse_sps_size(sps) == size
+    assert parse_sps_size(encoded_sps(tmp_path, H264, caps, f"x264enc {encoder}")) == size
 
 
 def test_sps_size_of_known_camera_sps() -> None:
@@ -501,16 +452,7 @@ def test_malformed_packets(payloads: list[bytes], detail: str) -> None:
     depacketizer = H264Depacketizer(SPROP)
     assert len(drain(depacketizer, [pkt(1, 10, IDR, True)])) == 1
     packets = [pkt(2 + i, 20, p, marker=i == len(payloads) - 1) for i, p in enumerate(payloads)]
-    for packet in packets[:-1]:
-        depacketizer.push(packet)
-    bad = packets[-1]
-    with pytest.raises(DepacketizeError) as info:
-        depacketizer.push(bad)
-    dump = bad.payload.hex(" ")
-    assert str(info.value) == (
-        f"H.264 packet seq={bad.sequence} ts=20: {detail}; "
-        f"payload ({len(bad.payload)} bytes): {dump}"
-    )
+    bad = expect_refused(depacketizer, packets, "H.264", detail)
     assert depacketizer.state is DepacketizerState.SYNC_LOST
     assert depacketizer.stats.errors == 1
     # the caller logs and keeps pushing: the next keyframe comes out, flagged

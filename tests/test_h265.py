@@ -6,29 +6,35 @@ and Hypothesis loss/duplication/reordering. The state machine is shared with H.2
 from __future__ import annotations
 
 import base64
-import contextlib
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nvr.errors import CameraProtocolError, DepacketizeError
+from nvr.errors import CameraProtocolError
 from nvr.ingest.h265 import H265Depacketizer, parse_sps_size
-from nvr.ingest.nal import DepacketizerState, split_annexb
+from nvr.ingest.nal import DepacketizerState
 from nvr.media import RtpPacket, VideoAccessUnit, VideoCodec
 from rtp_fixtures import (
     PackOptions,
     VideoFixture,
     check_clean_start,
+    check_encoder_units,
+    check_fu_boundaries,
+    depacketize_lossy,
     drain,
-    every_fu_split,
+    encoded_sps,
+    expect_refused,
     fu_payloads,
-    gst,
     mutate,
     nal_type,
-    packetize,
+    packet_edits,
+    pkt,
+    repacketized,
+    requested_video_fixture,
     video_fixture,
+    without_markers,
 )
 
 H265 = VideoCodec.H265
@@ -49,10 +55,6 @@ SPROP = {
 }
 
 
-def pkt(seq: int, ts: int, payload: bytes, marker: bool = False) -> RtpPacket:
-    return RtpPacket(96, marker, seq, ts, 0x1234, payload)
-
-
 def run(packets: list[RtpPacket], fmtp: dict[str, str] | None = None) -> list[VideoAccessUnit]:
     return drain(H265Depacketizer(fmtp or {}), packets)
 
@@ -67,31 +69,23 @@ def ap(*nals: bytes) -> bytes:
 @pytest.fixture(scope="session")
 def h265_fu(tmp_path_factory: pytest.TempPathFactory) -> VideoFixture:
     """rtph265pay, mtu 600: single NAL units and FUs."""
-    return video_fixture(
-        tmp_path_factory.mktemp("h265"),
-        H265,
-        frames=40,
-        payloader="rtph265pay mtu=600 config-interval=-1",
-        name="fu",
-    )
+    return video_fixture(tmp_path_factory, H265, 40, "rtph265pay mtu=600 config-interval=-1")
 
 
 @pytest.fixture(scope="session")
 def h265_ap(tmp_path_factory: pytest.TempPathFactory) -> VideoFixture:
     """rtph265pay aggregate-mode=zero-latency: APs for VPS/SPS/PPS/SEI."""
     return video_fixture(
-        tmp_path_factory.mktemp("h265"),
+        tmp_path_factory,
         H265,
-        frames=40,
-        payloader="rtph265pay mtu=1400 config-interval=-1 aggregate-mode=zero-latency",
-        name="ap",
+        40,
+        "rtph265pay mtu=1400 config-interval=-1 aggregate-mode=zero-latency",
     )
 
 
 @pytest.fixture(params=["h265_fu", "h265_ap"])
 def h265_stream(request: pytest.FixtureRequest) -> VideoFixture:
-    fixture: VideoFixture = request.getfixturevalue(request.param)
-    return fixture
+    return requested_video_fixture(request)
 
 
 def test_fixtures_use_each_packetization(h265_fu: VideoFixture, h265_ap: VideoFixture) -> None:
@@ -103,78 +97,43 @@ def test_real_stream_matches_encoder_byte_stream(h265_stream: VideoFixture) -> N
     units = run(h265_stream.packets)
     # As with H.264, rtph265pay config-interval=-1 re-sends VPS/SPS/PPS just before
     # each IRAP slice; ``expected`` is x265's units with exactly that insertion.
-    assert [unit.nal_units for unit in units] == h265_stream.expected
+    params = check_encoder_units(units, h265_stream)
     assert len(units) == 40
     keyframes = [any(16 <= nal_type(H265, n) <= 23 for n in u) for u in h265_stream.expected]
     assert [unit.is_keyframe for unit in units] == keyframes
     assert keyframes[0] and sum(keyframes) >= 3
-    assert [unit.new_parameters for unit in units] == [True] + [False] * 39
-    params = units[0].parameters
-    assert params is not None
-    assert (params.width, params.height) == (320, 240)
     assert params.nal_units() == h265_stream.source[0][:3]  # VPS, SPS, PPS
 
 
 @pytest.mark.parametrize("fu_size", [1, 5, 100, 600, 65535])
 @pytest.mark.parametrize("aggregate", [False, True])
 def test_repacketized_at_many_sizes(h265_fu: VideoFixture, fu_size: int, aggregate: bool) -> None:
-    reference = run(h265_fu.packets)
-    units = [(unit.timestamp, unit.nal_units) for unit in reference]
-    packets = packetize(H265, units, PackOptions(fu_size=fu_size, aggregate=aggregate))
-    assert run(packets) == reference
+    options = PackOptions(fu_size=fu_size, aggregate=aggregate)
+    reference, units = repacketized(H265Depacketizer, h265_fu, options)
+    assert units == reference
 
 
 def test_fu_boundary_at_every_offset(h265_fu: VideoFixture) -> None:
-    keyframe, following = run(h265_fu.packets)[:2]
-    lead = [pkt(i, keyframe.timestamp, nal) for i, nal in enumerate(keyframe.nal_units)]
-    for unit, before in ((keyframe, []), (following, lead)):
-        for where, payloads in every_fu_split(H265, unit.nal_units):
-            packets = before + [
-                pkt(len(before) + i, unit.timestamp, p, marker=i == len(payloads) - 1)
-                for i, p in enumerate(payloads)
-            ]
-            assert run(packets)[-1].nal_units == unit.nal_units, where
+    check_fu_boundaries(H265Depacketizer, h265_fu)
 
 
 def test_parameter_sets_with_own_timestamp_no_marker(h265_fu: VideoFixture) -> None:
-    reference = run(h265_fu.packets)
-    units = [(unit.timestamp, unit.nal_units) for unit in reference]
-    packets = packetize(H265, units, PackOptions(params_own_timestamp=True, marker=False))
-    assert run(packets) == reference[:-1]
+    options = PackOptions(params_own_timestamp=True, marker=False)
+    reference, units = repacketized(H265Depacketizer, h265_fu, options)
+    assert units == reference[:-1]
 
 
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(
-    edits=st.lists(
-        st.tuples(
-            st.integers(min_value=1, max_value=120),
-            st.sampled_from(["drop", "dup", "swap", "late"]),
-        ),
-        max_size=10,
-    ),
-    marker=st.booleans(),
-)
+@given(edits=packet_edits(max_index=120, max_size=10), marker=st.booleans())
 def test_loss_duplication_reordering(
     h265_fu: VideoFixture, edits: list[tuple[int, str]], marker: bool
 ) -> None:
     reference = run(h265_fu.packets)
     packets = mutate(h265_fu.packets, edits)
-    if not marker:
-        packets = [RtpPacket(p.payload_type, False, *vars_of(p)) for p in packets]
-    depacketizer = H265Depacketizer({})
-    units: list[VideoAccessUnit] = []
-    for packet in packets:
-        with contextlib.suppress(DepacketizeError):
-            depacketizer.push(packet)
-        while (unit := depacketizer.pull()) is not None:
-            units.append(unit)
+    units = depacketize_lossy(H265Depacketizer, packets if marker else without_markers(packets))
     check_clean_start(units, reference)
-
-
-def vars_of(packet: RtpPacket) -> tuple[int, int, int, bytes]:
-    return packet.sequence, packet.timestamp, packet.ssrc, packet.payload
 
 
 # ------------------------------------------------------------------- SPS parsing
@@ -190,12 +149,7 @@ def vars_of(packet: RtpPacket) -> tuple[int, int, int, bytes]:
     ],
 )
 def test_sps_size_from_x265(tmp_path: Path, caps: str, size: tuple[int, int]) -> None:
-    out = tmp_path / "one.h265"
-    gst(
-        f"videotestsrc num-buffers=1 ! video/x-raw,{caps} ! x265enc speed-preset=ultrafast ! "
-        f"video/x-h265,stream-format=byte-stream ! filesink location={out}"
-    )
-    sps = next(nal for nal in split_annexb(out.read_bytes()) if nal_type(H265, nal) == 33)
+    sps = encoded_sps(tmp_path, H265, caps, "x265enc speed-preset=ultrafast")
     assert parse_sps_size(sps) == size
 
 
@@ -311,15 +265,7 @@ def test_malformed_packets(payloads: list[bytes], detail: str) -> None:
     depacketizer = H265Depacketizer(SPROP)
     assert len(drain(depacketizer, [pkt(1, 10, IDR, True)])) == 1
     packets = [pkt(2 + i, 20, p) for i, p in enumerate(payloads)]
-    for packet in packets[:-1]:
-        depacketizer.push(packet)
-    bad = packets[-1]
-    with pytest.raises(DepacketizeError) as info:
-        depacketizer.push(bad)
-    assert str(info.value) == (
-        f"H.265 packet seq={bad.sequence} ts=20: {detail}; "
-        f"payload ({len(bad.payload)} bytes): {bad.payload.hex(' ')}"
-    )
+    bad = expect_refused(depacketizer, packets, "H.265", detail)
     assert depacketizer.waiting_for_keyframe
     seq = bad.sequence + 1
     units = drain(depacketizer, [pkt(seq, 30, TRAIL, True), pkt(seq + 1, 40, IDR, True)])

@@ -7,7 +7,9 @@ starts passing on plain aiortsp means upstream fixed the gap and our patch can g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -17,14 +19,13 @@ from aiortsp.rtsp.reader import RTSPReader
 from aiortsp.rtsp.session import RTSPMediaSession, sanitize_rtsp_url
 from aiortsp.transport.tcp import TCPTransport
 
-from nvr.clock import SystemClock
 from nvr.errors import CameraAuthError, CameraClosedError
 from nvr.ingest.rtsp_client import RtspConnection, rtsp_target
-from nvr.ingest.session import RtspSession
 from support.rtsp_server import (
     Collector,
     RtspTestServer,
     Script,
+    make_session,
     rtcp_sender_report,
     rtp_packet,
 )
@@ -35,24 +36,37 @@ RESERVED_PASSWORD = "p@ss:/%#?wörd"
 RESERVED_USER = "ädmin@site"
 
 
+@contextlib.asynccontextmanager
 async def plain_connection(
-    server: RtspTestServer, user: str | None = None, password: str | None = None
-) -> RTSPConnection:
-    conn = RTSPConnection("127.0.0.1", server.port, user, password, timeout=2)
+    server: RtspTestServer,
+    user: str | None = None,
+    password: str | None = None,
+    timeout_s: float = 2.0,
+) -> AsyncIterator[RTSPConnection]:
+    """Plain aiortsp's connection to ``server``, closed on leaving."""
+    conn = RTSPConnection("127.0.0.1", server.port, user, password, timeout=timeout_s)
     await conn.prepare()
-    return conn
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
+@contextlib.asynccontextmanager
 async def our_connection(
     server: RtspTestServer,
     url: str | None = None,
     user: str | None = None,
     password: str | None = None,
     timeout_s: float = 2.0,
-) -> RtspConnection:
+) -> AsyncIterator[RtspConnection]:
+    """Our connection to ``url`` (the server's /live by default), closed on leaving."""
     conn = RtspConnection(rtsp_target(url or server.url(), user, password), timeout_s=timeout_s)
     await conn.open()
-    return conn
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 # --------------------------------------------------------------------------- auth gaps
@@ -62,31 +76,24 @@ async def our_connection(
 async def test_digest_qop_auth_plain_fails_ours_passes(algorithm: str | None) -> None:
     script = Script(auth="digest", qop=True, algorithm=algorithm)
     async with RtspTestServer(script) as server:
-        plain = await plain_connection(server, "admin", "secret")
-        try:
+        async with plain_connection(server, "admin", "secret") as plain:
             with pytest.raises(RTSPResponseError) as info:
                 await plain.send_request("OPTIONS", server.url())
             assert info.value.response.status == 401  # aiortsp ignores qop
-        finally:
-            plain.close()
 
-        ours = await our_connection(server, user="admin", password="secret")
-        try:
+        async with our_connection(server, user="admin", password="secret") as ours:
             for _ in range(3):
                 assert (await ours.request("OPTIONS", server.url())).status == 200
-        finally:
-            ours.close()
     # the first attempt (plain) has no valid qop fields; ours counts nc per nonce
     assert server.nc_seen[-3:] == ["00000001", "00000002", "00000003"]
 
 
 async def test_digest_without_qop() -> None:
-    async with RtspTestServer(Script(auth="digest")) as server:
-        ours = await our_connection(server, user="admin", password="secret")
-        try:
-            assert (await ours.request("DESCRIBE", server.url())).status == 200
-        finally:
-            ours.close()
+    async with (
+        RtspTestServer(Script(auth="digest")) as server,
+        our_connection(server, user="admin", password="secret") as ours,
+    ):
+        assert (await ours.request("DESCRIBE", server.url())).status == 200
 
 
 @pytest.mark.parametrize(
@@ -97,57 +104,48 @@ async def test_both_offered_plain_picks_basic_ours_digest(
 ) -> None:
     script = Script(auth="both", basic_first=basic_first, one_header=one_header)
     async with RtspTestServer(script) as server:
-        plain = await plain_connection(server, "admin", "secret")
-        try:
-            await plain.send_request("OPTIONS", server.url())
-        except RTSPError:
-            pass  # one header holding both challenges confuses aiortsp further
-        finally:
-            plain.close()
+        async with plain_connection(server, "admin", "secret") as plain:
+            # one header holding both challenges confuses aiortsp further
+            with contextlib.suppress(RTSPError):
+                await plain.send_request("OPTIONS", server.url())
         plain_schemes = list(server.auth_schemes)
         server.auth_schemes.clear()
 
-        ours = await our_connection(server, user="admin", password="secret")
-        try:
+        async with our_connection(server, user="admin", password="secret") as ours:
             assert (await ours.request("OPTIONS", server.url())).status == 200
-        finally:
-            ours.close()
     if not one_header:
         assert plain_schemes == ["Basic"]
     assert server.auth_schemes == ["Digest"]
 
 
 async def test_basic_still_works() -> None:
-    async with RtspTestServer(Script(auth="basic")) as server:
-        ours = await our_connection(server, user="admin", password="secret")
-        try:
-            assert (await ours.request("OPTIONS", server.url())).status == 200
-        finally:
-            ours.close()
+    async with (
+        RtspTestServer(Script(auth="basic")) as server,
+        our_connection(server, user="admin", password="secret") as ours,
+    ):
+        assert (await ours.request("OPTIONS", server.url())).status == 200
     assert server.auth_schemes == ["Basic"]
 
 
 async def test_stale_nonce_retried_once() -> None:
-    async with RtspTestServer(Script(auth="digest", qop=True, stale_after=2)) as server:
-        ours = await our_connection(server, user="admin", password="secret")
-        try:
-            for _ in range(4):
-                assert (await ours.request("OPTIONS", server.url())).status == 200
-        finally:
-            ours.close()
+    async with (
+        RtspTestServer(Script(auth="digest", qop=True, stale_after=2)) as server,
+        our_connection(server, user="admin", password="secret") as ours,
+    ):
+        for _ in range(4):
+            assert (await ours.request("OPTIONS", server.url())).status == 200
     # 401 (no auth), ok, ok, 401 stale, ok (nc restarts with the new nonce), ok
     assert server.nc_seen == ["00000001", "00000002", "00000003", "00000001", "00000002"]
 
 
 @pytest.mark.parametrize("mode", ["basic", "digest"])
 async def test_wrong_password_after_retry_is_auth_error(mode: str) -> None:
-    async with RtspTestServer(Script(auth=mode)) as server:  # type: ignore[arg-type]
-        ours = await our_connection(server, user="admin", password="wrong-pw")
-        try:
-            with pytest.raises(CameraAuthError) as info:
-                await ours.request("OPTIONS", server.url())
-        finally:
-            ours.close()
+    async with (
+        RtspTestServer(Script(auth=mode)) as server,  # type: ignore[arg-type]
+        our_connection(server, user="admin", password="wrong-pw") as ours,
+    ):
+        with pytest.raises(CameraAuthError) as info:
+            await ours.request("OPTIONS", server.url())
     assert f"127.0.0.1:{server.port} rejected the credentials" in str(info.value)
     assert "wrong-pw" not in str(info.value)
     assert len(server.requests) == 2  # one challenge, one retry, no loop
@@ -161,18 +159,12 @@ async def test_reserved_characters_in_url_userinfo(mode: str) -> None:
         userinfo = f"{quote(RESERVED_USER, safe='')}:{quote(RESERVED_PASSWORD, safe='')}"
         url = server.url("/live", userinfo=userinfo)
         parts = urlsplit(url)
-        plain = await plain_connection(server, parts.username, parts.password)
-        try:
+        async with plain_connection(server, parts.username, parts.password) as plain:
             with pytest.raises(RTSPResponseError):
                 await plain.send_request("OPTIONS", server.url())
-        finally:
-            plain.close()
 
-        ours = await our_connection(server, url=url)
-        try:
+        async with our_connection(server, url=url) as ours:
             assert (await ours.request("OPTIONS", ours.target.url)).status == 200
-        finally:
-            ours.close()
     assert ours.target.url == server.url("/live")  # credentials never on the wire in a URL
     assert all("@" not in r.url for r in server.requests)
 
@@ -181,12 +173,9 @@ async def test_reserved_characters_in_url_userinfo(mode: str) -> None:
 async def test_reserved_characters_as_separate_credentials(mode: str) -> None:
     script = Script(auth=mode, username=RESERVED_USER, password=RESERVED_PASSWORD)  # type: ignore[arg-type]
     collector = Collector()
-    async with RtspTestServer(script) as server, RtspSession(
-        server.url(),
-        username=RESERVED_USER,
-        password=RESERVED_PASSWORD,
-        on_packet=collector.on_packet,
-        clock=SystemClock(),
+    async with (
+        RtspTestServer(script) as server,
+        make_session(server.url(), collector, username=RESERVED_USER, password=RESERVED_PASSWORD),
     ):
         pass
     assert all("@" not in r.url for r in server.requests)
@@ -209,35 +198,26 @@ def test_rtsp_target_decodes_userinfo_and_keeps_ipv6_brackets() -> None:
 async def test_junk_before_response_plain_drops_connection_ours_resyncs() -> None:
     script = Script(junk_before={"DESCRIBE": JUNK})
     async with RtspTestServer(script) as server:
-        plain = await plain_connection(server)
-        try:
+        async with plain_connection(server) as plain:
             with pytest.raises((RTSPConnectionError, RTSPTimeoutError)):
                 await plain.send_request("DESCRIBE", server.url())
             assert not plain.running  # aiortsp closed the connection on junk
-        finally:
-            plain.close()
 
-        ours = await our_connection(server)
-        try:
+        async with our_connection(server) as ours:
             assert (await ours.request("DESCRIBE", server.url())).status == 200
             assert (await ours.request("OPTIONS", server.url())).status == 200
             assert ours.running
             assert ours.junk_bytes == len(JUNK)
-        finally:
-            ours.close()
 
 
 async def test_junk_between_interleaved_packets_is_skipped() -> None:
     junk = b"\xff\x00garbage$\x09\x00\x04abcd more garbage \r\n"  # even a "$" on channel 9
     script = Script(packets=VIDEO_PACKETS, junk_between_packets=junk)
     collector = Collector()
-    async with RtspTestServer(script) as server, RtspSession(
-        server.url(),
-        username=None,
-        password=None,
-        on_packet=collector.on_packet,
-        clock=SystemClock(),
-    ) as session:
+    async with (
+        RtspTestServer(script) as server,
+        make_session(server.url(), collector) as session,
+    ):
         await collector.wait(video=5)
         assert session.junk_bytes == 5 * len(junk)
     assert [p[1] for p in collector.packets] == [p for _, p in VIDEO_PACKETS]
@@ -247,8 +227,7 @@ BAD_RTCP = b"\x80\xc8\x00\x50" + b"\x00" * 8  # an SR claiming 324 bytes, 12 sen
 
 
 async def test_malformed_rtcp_plain_drops_connection_ours_carries_on() -> None:
-    async with RtspTestServer() as server:
-        plain = await plain_connection(server)
+    async with RtspTestServer() as server, plain_connection(server) as plain:
         transport = TCPTransport(plain)
         await transport.prepare()
         await plain.send_request("OPTIONS", server.url())
@@ -261,80 +240,46 @@ async def test_malformed_rtcp_plain_drops_connection_ours_carries_on() -> None:
         packets=VIDEO_PACKETS, rtcp=[(0, BAD_RTCP), (0, rtcp_sender_report(0x1234, 10**18, 90000))]
     )
     collector = Collector()
-    async with RtspTestServer(script) as server, RtspSession(
-        server.url(),
-        username=None,
-        password=None,
-        on_packet=collector.on_packet,
-        on_sender_report=collector.on_sender_report,
-        clock=SystemClock(),
-    ):
+    async with RtspTestServer(script) as server, make_session(server.url(), collector):
         await collector.wait(video=5, reports=1)
     assert collector.sender_reports == [(0, 10**18, 90000)]
 
 
 async def test_camera_chosen_interleaved_channels() -> None:
     """The gap: aiortsp asserts the camera echoes the channels it asked for."""
-    async with RtspTestServer() as server:
-        plain = await plain_connection(server)
-        try:
-            transport = TCPTransport(plain)
-            await transport.prepare()
-            with pytest.raises(AssertionError):
-                transport.on_transport_response(
-                    {"transport": "RTP/AVP/TCP;unicast;interleaved=6-7"}
-                )
-        finally:
-            plain.close()
+    async with RtspTestServer() as server, plain_connection(server) as plain:
+        transport = TCPTransport(plain)
+        await transport.prepare()
+        with pytest.raises(AssertionError):
+            transport.on_transport_response({"transport": "RTP/AVP/TCP;unicast;interleaved=6-7"})
 
     collector = Collector()
     script = Script(packets=VIDEO_PACKETS, interleaved_answer={0: "6-7"})
-    async with RtspTestServer(script) as server, RtspSession(
-        server.url(),
-        username=None,
-        password=None,
-        want_audio=False,
-        on_packet=collector.on_packet,
-        clock=SystemClock(),
+    async with (
+        RtspTestServer(script) as server,
+        make_session(server.url(), collector, want_audio=False),
     ):
         await collector.wait(video=5)
 
 
 async def test_response_without_cseq() -> None:
     async with RtspTestServer(Script(omit_cseq={"OPTIONS"})) as server:
-        plain = RTSPConnection("127.0.0.1", server.port, timeout=0.3)
-        await plain.prepare()
-        try:
+        async with plain_connection(server, timeout_s=0.3) as plain:
             with pytest.raises(RTSPTimeoutError):
                 await plain.send_request("OPTIONS", server.url())
-        finally:
-            plain.close()
-        ours = await our_connection(server)
-        try:
+        async with our_connection(server) as ours:
             assert (await ours.request("OPTIONS", server.url())).status == 200
-        finally:
-            ours.close()
 
 
 async def test_options_without_public_plain_fails_ours_plays() -> None:
     async with RtspTestServer(Script(public=None)) as server:
-        plain = await plain_connection(server)
-        try:
+        async with plain_connection(server) as plain:
             transport = TCPTransport(plain)
             await transport.prepare()
             with pytest.raises(RTSPError, match="Public"):
                 await RTSPMediaSession(plain, server.url(), transport).setup()
-        finally:
-            plain.close()
 
-        collector = Collector()
-        async with RtspSession(
-            server.url(),
-            username=None,
-            password=None,
-            on_packet=collector.on_packet,
-            clock=SystemClock(),
-        ) as session:
+        async with make_session(server.url(), Collector()) as session:
             assert session.public_methods == frozenset()
 
 
@@ -350,31 +295,22 @@ async def test_plain_reader_ends_quietly_ours_raises() -> None:
                     got.append(packet)
         assert len(got) <= 5  # and no exception: the caller cannot tell why it ended
 
-        collector = Collector()
-        async with RtspSession(server.url(), username=None, password=None,
-                               on_packet=collector.on_packet, clock=SystemClock()) as session:
+        async with make_session(server.url(), Collector()) as session:
             with pytest.raises(CameraClosedError, match="closed the connection"):
                 await asyncio.wait_for(session.run(), 5)
 
 
 async def test_plain_rtp_timeout_loop_closes_silently_ours_never_starts_it() -> None:
     async with RtspTestServer() as server:
-        plain = await plain_connection(server)
-        transport = TCPTransport(plain, timeout=0.2)
-        await transport.prepare()
-        await transport.warmup()
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(transport.result, 2)
-        assert not plain.running  # it closed the whole RTSP connection by itself
+        async with plain_connection(server) as plain:
+            transport = TCPTransport(plain, timeout=0.2)
+            await transport.prepare()
+            await transport.warmup()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(transport.result, 2)
+            assert not plain.running  # it closed the whole RTSP connection by itself
 
-        collector = Collector()
-        async with RtspSession(
-            server.url(),
-            username=None,
-            password=None,
-            on_packet=collector.on_packet,
-            clock=SystemClock(),
-        ) as session:
+        async with make_session(server.url(), Collector()) as session:
             assert all(t._timeout_loop is None for t in session._transports)
 
 
@@ -386,23 +322,16 @@ async def test_plain_logs_credentials_at_debug_ours_does_not(
     plain_logger.setLevel(logging.DEBUG)
     try:
         async with RtspTestServer(Script(auth="basic")) as server:
-            plain = await plain_connection(server, "admin", "secret")
-            try:
+            async with plain_connection(server, "admin", "secret") as plain:
                 await plain.send_request("OPTIONS", server.url())
-            finally:
-                plain.close()
             leaked = "\n".join(r.getMessage() for r in caplog.records)
             assert "Authorization: Basic YWRtaW46c2VjcmV0" in leaked  # base64 of admin:secret
             caplog.clear()
-            ours = await our_connection(server, user="admin", password="secret")
-            try:
+            async with our_connection(server, user="admin", password="secret") as ours:
                 await ours.request("OPTIONS", server.url())
-            finally:
-                ours.close()
     finally:
         plain_logger.setLevel(logging.WARNING)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "YWRtaW46c2VjcmV0" not in text and "secret" not in text
     assert logging.getLogger("rtsp_client").getEffectiveLevel() >= logging.WARNING
     assert logging.getLogger("aiortsp.nvr").getEffectiveLevel() >= logging.WARNING
-

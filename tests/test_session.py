@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nvr.clock import Clock, SimulatedClock, SystemClock
+from nvr.clock import SimulatedClock, SystemClock
 from nvr.errors import (
     CameraAuthError,
     CameraClosedError,
@@ -17,12 +17,13 @@ from nvr.errors import (
     CameraProtocolError,
 )
 from nvr.ingest.session import RtspSession, parse_session_header
-from support.fakecam import FakeCam, fakecam_unavailable_reason
+from support.fakecam import AuthMethod, FakeCam, fakecam_unavailable_reason
 from support.rtsp_server import (
     AuthMode,
     Collector,
     RtspTestServer,
     Script,
+    make_session,
     rtcp_bye,
     rtcp_sender_report,
     rtp_packet,
@@ -30,27 +31,6 @@ from support.rtsp_server import (
 
 VIDEO_PACKETS = [(0, rtp_packet(seq, 9000 * seq)) for seq in range(1, 6)]
 AUDIO_PACKETS = [(1, rtp_packet(seq, 1024 * seq, pt=97, ssrc=0x5678)) for seq in range(1, 4)]
-
-
-def make_session(
-    server: RtspTestServer,
-    collector: Collector,
-    *,
-    path: str = "/live",
-    username: str | None = None,
-    password: str | None = None,
-    clock: Clock | None = None,
-    **kwargs: object,
-) -> RtspSession:
-    return RtspSession(
-        server.url(path),
-        username=username,
-        password=password,
-        on_packet=collector.on_packet,
-        on_sender_report=collector.on_sender_report,
-        clock=clock or SystemClock(),
-        **kwargs,  # type: ignore[arg-type]
-    )
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
@@ -62,7 +42,7 @@ async def test_video_and_audio_packets_arrive(transport: str) -> None:
     )
     collector = Collector()
     async with RtspTestServer(script) as server:
-        async with make_session(server, collector, transport=transport) as session:
+        async with make_session(server.url(), collector, transport=transport) as session:
             assert session.video.encoding == "H264"
             assert session.audio is not None and session.audio.clock_rate == 16000
             await collector.wait(video=5, audio=3, reports=1)
@@ -77,7 +57,7 @@ async def test_video_and_audio_packets_arrive(transport: str) -> None:
 async def test_request_sequence_and_headers() -> None:
     collector = Collector()
     async with RtspTestServer(Script(session_id="Ab12;cd")) as server:
-        async with make_session(server, collector):
+        async with make_session(server.url(), collector):
             pass
         methods = [r.method for r in server.requests]
         assert methods == ["OPTIONS", "DESCRIBE", "SETUP", "SETUP", "PLAY", "TEARDOWN"]
@@ -97,7 +77,7 @@ async def test_request_sequence_and_headers() -> None:
 async def test_want_audio_false_sets_up_video_only() -> None:
     collector = Collector()
     async with RtspTestServer() as server:
-        async with make_session(server, collector, want_audio=False) as session:
+        async with make_session(server.url(), collector, want_audio=False) as session:
             assert session.audio is None
         assert [r.method for r in server.requests].count("SETUP") == 1
 
@@ -106,7 +86,7 @@ async def test_play_answer_with_rtp_info_is_accepted() -> None:
     collector = Collector()
     async with (
         RtspTestServer(Script(rtp_info=True, packets=VIDEO_PACKETS)) as server,
-        make_session(server, collector) as session,
+        make_session(server.url(), collector) as session,
     ):
         assert session.rtp_info is not None and "seq=1000" in session.rtp_info
         await collector.wait(video=5)
@@ -116,7 +96,7 @@ async def test_session_timeout_header_and_keepalive_get_parameter() -> None:
     clock = SimulatedClock()
     collector = Collector()
     async with RtspTestServer(Script(session_timeout_s=30)) as server:
-        async with make_session(server, collector, clock=clock) as session:
+        async with make_session(server.url(), collector, clock=clock) as session:
             assert session.session_timeout_s == 30
             runner = asyncio.ensure_future(session.run())
             try:
@@ -132,7 +112,7 @@ async def test_keepalive_uses_options_without_public_and_default_timeout() -> No
     clock = SimulatedClock()
     collector = Collector()
     async with RtspTestServer(Script(public=None)) as server:
-        async with make_session(server, collector, clock=clock) as session:
+        async with make_session(server.url(), collector, clock=clock) as session:
             assert session.session_timeout_s == 60
             assert session.public_methods == frozenset()
             runner = asyncio.ensure_future(session.run())
@@ -155,20 +135,25 @@ async def _advance_until(
                 continue
 
 
+async def _run_until_it_ends(clock: SimulatedClock, session: RtspSession) -> None:
+    """Run the session, advancing the clock 30 s at a time, until ``run`` returns or raises."""
+    runner = asyncio.ensure_future(session.run())
+    async with asyncio.timeout(5):
+        while not runner.done():
+            clock.advance(30 * 10**9)
+            await asyncio.wait([runner], timeout=0.05)
+    runner.result()
+
+
 async def test_keepalive_failure_is_a_protocol_error() -> None:
     clock = SimulatedClock()
     collector = Collector()
     async with (
         RtspTestServer(Script(statuses={"GET_PARAMETER": 500})) as server,
-        make_session(server, collector, clock=clock) as session,
+        make_session(server.url(), collector, clock=clock) as session,
     ):
-        runner = asyncio.ensure_future(session.run())
-        async with asyncio.timeout(5):
-            while not runner.done():
-                clock.advance(30 * 10**9)
-                await asyncio.wait([runner], timeout=0.05)
         with pytest.raises(CameraProtocolError, match="GET_PARAMETER with 500"):
-            runner.result()
+            await _run_until_it_ends(clock, session)
 
 
 async def test_keepalive_unanswered_is_a_protocol_error() -> None:
@@ -176,22 +161,17 @@ async def test_keepalive_unanswered_is_a_protocol_error() -> None:
     collector = Collector()
     async with (
         RtspTestServer(Script(silent={"GET_PARAMETER", "TEARDOWN"})) as server,
-        make_session(server, collector, clock=clock, timeout_s=0.3) as session,
+        make_session(server.url(), collector, clock=clock, timeout_s=0.3) as session,
     ):
-        runner = asyncio.ensure_future(session.run())
-        async with asyncio.timeout(5):
-            while not runner.done():
-                clock.advance(30 * 10**9)
-                await asyncio.wait([runner], timeout=0.05)
         with pytest.raises(CameraProtocolError, match="keepalive GET_PARAMETER failed"):
-            runner.result()
+            await _run_until_it_ends(clock, session)
 
 
 async def test_run_raises_closed_when_camera_drops_connection() -> None:
     collector = Collector()
     async with (
         RtspTestServer(Script(packets=VIDEO_PACKETS, close_after_play=True)) as server,
-        make_session(server, collector) as session,
+        make_session(server.url(), collector) as session,
     ):
         with pytest.raises(CameraClosedError, match="closed the connection"):
             await asyncio.wait_for(session.run(), 5)
@@ -201,7 +181,7 @@ async def test_run_raises_closed_when_camera_drops_connection() -> None:
 async def test_run_raises_closed_on_rtcp_bye() -> None:
     collector = Collector()
     script = Script(packets=VIDEO_PACKETS, rtcp=[(0, rtcp_bye(0x1234))])
-    async with RtspTestServer(script) as server, make_session(server, collector) as session:
+    async with RtspTestServer(script) as server, make_session(server.url(), collector) as session:
         with pytest.raises(CameraClosedError, match="RTCP BYE on the video stream"):
             await asyncio.wait_for(session.run(), 5)
 
@@ -210,7 +190,7 @@ async def test_udp_refused_with_461() -> None:
     collector = Collector()
     async with RtspTestServer(Script(refuse_udp=True)) as server:
         with pytest.raises(CameraProtocolError, match=r"refused UDP transport.*461"):
-            async with make_session(server, collector, transport="udp"):
+            async with make_session(server.url(), collector, transport="udp"):
                 pass
 
 
@@ -218,7 +198,7 @@ async def test_describe_404_names_status_and_method() -> None:
     collector = Collector()
     async with RtspTestServer(Script(statuses={"DESCRIBE": 404})) as server:
         with pytest.raises(CameraProtocolError, match=r"answered DESCRIBE with 404"):
-            async with make_session(server, collector):
+            async with make_session(server.url(), collector):
                 pass
 
 
@@ -227,7 +207,7 @@ async def test_sdp_without_video() -> None:
     collector = Collector()
     async with RtspTestServer(Script(sdp=sdp)) as server:
         with pytest.raises(CameraProtocolError, match="no usable video"):
-            async with make_session(server, collector):
+            async with make_session(server.url(), collector):
                 pass
 
 
@@ -236,13 +216,7 @@ async def test_refused_port_is_connect_error() -> None:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    session = RtspSession(
-        f"rtsp://127.0.0.1:{port}/x",
-        username=None,
-        password=None,
-        on_packet=Collector().on_packet,
-        clock=SystemClock(),
-    )
+    session = make_session(f"rtsp://127.0.0.1:{port}/x", Collector())
     with pytest.raises(CameraConnectError, match=f"127.0.0.1:{port}"):
         async with session:
             pass
@@ -252,7 +226,7 @@ async def test_silent_server_is_connect_error_and_never_hangs() -> None:
     collector = Collector()
     async with RtspTestServer(Script(silent={"OPTIONS"})) as server:
         with pytest.raises(CameraConnectError, match=r"did not answer OPTIONS within 0\.3 s"):
-            async with make_session(server, collector, timeout_s=0.3):
+            async with make_session(server.url(), collector, timeout_s=0.3):
                 pass
 
 
@@ -260,7 +234,7 @@ async def test_exit_does_not_hang_when_teardown_unanswered() -> None:
     collector = Collector()
     async with RtspTestServer(Script(silent={"TEARDOWN"})) as server:
         async with asyncio.timeout(3):
-            async with make_session(server, collector, timeout_s=0.3):
+            async with make_session(server.url(), collector, timeout_s=0.3):
                 pass
 
 
@@ -268,7 +242,7 @@ async def test_wrong_password_is_auth_error_without_password() -> None:
     collector = Collector()
     async with RtspTestServer(Script(auth="digest")) as server:
         with pytest.raises(CameraAuthError) as info:
-            async with make_session(server, collector, username="admin", password="hunter2"):
+            async with make_session(server.url(), collector, username="admin", password="hunter2"):
                 pass
     message = str(info.value)
     assert f"127.0.0.1:{server.port}" in message
@@ -280,7 +254,7 @@ async def test_missing_credentials_is_auth_error() -> None:
     collector = Collector()
     async with RtspTestServer(Script(auth="basic")) as server:
         with pytest.raises(CameraAuthError, match="none are configured"):
-            async with make_session(server, collector):
+            async with make_session(server.url(), collector):
                 pass
 
 
@@ -288,7 +262,7 @@ async def test_session_over_ipv6_loopback_udp() -> None:
     collector = Collector()
     async with (
         RtspTestServer(Script(packets=VIDEO_PACKETS), host="::1") as server,
-        make_session(server, collector, transport="udp"),
+        make_session(server.url(), collector, transport="udp"),
     ):
         await collector.wait(video=5)
 
@@ -304,13 +278,7 @@ async def test_no_password_in_logs_at_debug(caplog: pytest.LogCaptureFixture) ->
             script = Script(auth=mode, password="s3cr3t-pw")
             async with RtspTestServer(script) as server:
                 url = server.url("/live", userinfo="admin:s3cr3t-pw")
-                async with RtspSession(
-                    url,
-                    username=None,
-                    password=None,
-                    on_packet=collector.on_packet,
-                    clock=SystemClock(),
-                ):
+                async with make_session(url, collector):
                     pass
     finally:
         logging.getLogger("aiortsp").setLevel(logging.WARNING)
@@ -331,10 +299,12 @@ def test_parse_session_header() -> None:
 # --------------------------------------------------------------------------- fakecam (GStreamer)
 
 FAKECAM_PASSWORD = "p@ss:/%#?wörd"
+AUTH_METHODS: tuple[AuthMethod, ...] = ("none", "basic", "digest")
 
 
-@pytest.fixture(scope="module", params=["none", "basic", "digest"])
+@pytest.fixture(scope="module")
 def fakecam(request: pytest.FixtureRequest) -> Iterator[FakeCam]:
+    """A simulated camera with the auth method each test names (``indirect`` parameter)."""
     reason = fakecam_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
@@ -349,14 +319,11 @@ def _fakecam_url(cam: FakeCam, mount: str) -> str:
 
 
 @pytest.mark.rtsp
+@pytest.mark.parametrize("fakecam", AUTH_METHODS, indirect=True)
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 async def test_fakecam_video_and_audio(fakecam: FakeCam, transport: str) -> None:
     collector = Collector()
-    session = RtspSession(
-        _fakecam_url(fakecam, "/live/h264-aac"), username=None, password=None,
-        transport=transport,  # type: ignore[arg-type]
-        on_packet=collector.on_packet, clock=SystemClock(),
-    )
+    session = make_session(_fakecam_url(fakecam, "/live/h264-aac"), collector, transport=transport)
     async with session:
         assert (session.video.encoding, session.video.clock_rate) == ("H264", 90000)
         assert session.audio is not None
@@ -368,29 +335,29 @@ async def test_fakecam_video_and_audio(fakecam: FakeCam, transport: str) -> None
 
 
 @pytest.mark.rtsp
+@pytest.mark.parametrize("fakecam", AUTH_METHODS, indirect=True)
 async def test_fakecam_separate_credentials_and_looped_file(fakecam: FakeCam) -> None:
     collector = Collector()
-    session = RtspSession(
-        fakecam.url("/file/h264"), username="admin", password=FAKECAM_PASSWORD,
-        on_packet=collector.on_packet, clock=SystemClock(),
-    )
+    url = fakecam.url("/file/h264")
+    session = make_session(url, collector, username="admin", password=FAKECAM_PASSWORD)
     async with session:
         assert session.audio is None
         await collector.wait(video=30, timeout_s=15)
 
 
 @pytest.mark.rtsp
-@pytest.mark.parametrize(("mount", "video", "audio"), [
-    ("/live/h265", "H265", None),
-    ("/live/h264-pcma", "H264", "PCMA"),
-    ("/live/h264-pcmu", "H264", "PCMU"),
-])
+@pytest.mark.parametrize("fakecam", ["digest"], indirect=True)  # codecs need one auth method
+@pytest.mark.parametrize(
+    ("mount", "video", "audio"),
+    [
+        ("/live/h265", "H265", None),
+        ("/live/h264-pcma", "H264", "PCMA"),
+        ("/live/h264-pcmu", "H264", "PCMU"),
+    ],
+)
 async def test_fakecam_codecs(fakecam: FakeCam, mount: str, video: str, audio: str | None) -> None:
-    if fakecam.auth != "digest":
-        pytest.skip("codec coverage needs one auth mode only")
     collector = Collector()
-    session = RtspSession(_fakecam_url(fakecam, mount), username=None, password=None,
-                          transport="udp", on_packet=collector.on_packet, clock=SystemClock())
+    session = make_session(_fakecam_url(fakecam, mount), collector, transport="udp")
     async with session:
         assert session.video.encoding == video
         assert (session.audio.encoding if session.audio else None) == audio
@@ -398,24 +365,20 @@ async def test_fakecam_codecs(fakecam: FakeCam, mount: str, video: str, audio: s
 
 
 @pytest.mark.rtsp
+@pytest.mark.parametrize("fakecam", ["basic", "digest"], indirect=True)  # with a password
 async def test_fakecam_wrong_password(fakecam: FakeCam) -> None:
-    if fakecam.auth == "none":
-        pytest.skip("no auth to get wrong")
-    session = RtspSession(fakecam.url("/live/h264"), username="admin", password="nope",
-                          on_packet=Collector().on_packet, clock=SystemClock())
+    url = fakecam.url("/live/h264")
+    session = make_session(url, Collector(), username="admin", password="nope")
     with pytest.raises(CameraAuthError, match="rejected the credentials"):
         async with session:
             pass
 
 
 @pytest.mark.rtsp
+@pytest.mark.parametrize("fakecam", ["basic"], indirect=True)  # one auth method is enough
 async def test_fakecam_drop_ends_run_with_closed(fakecam: FakeCam) -> None:
-    if fakecam.auth != "basic":
-        pytest.skip("one auth mode is enough")
     collector = Collector()
-    session = RtspSession(_fakecam_url(fakecam, "/live/h264"), username=None, password=None,
-                          on_packet=collector.on_packet,
-                          on_sender_report=collector.on_sender_report, clock=SystemClock())
+    session = make_session(_fakecam_url(fakecam, "/live/h264"), collector)
     async with session:
         await collector.wait(video=10, reports=1, timeout_s=20)
         runner = asyncio.ensure_future(session.run())

@@ -104,7 +104,8 @@ class IndexReader:
 
     def runs(self, camera_id: str | None = None) -> list[Run]:
         rows = self._query(
-            "SELECT id, camera_id, start_90k, end_90k, end_reason, end_detail, clock_offset_ns FROM run "
+            "SELECT id, camera_id, start_90k, end_90k, end_reason, end_detail, clock_offset_ns "
+            "FROM run "
             "WHERE ?1 IS NULL OR camera_id = ?1 ORDER BY id",
             camera_id,
         )

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
 
+from nvr.clock import Clock, SystemClock
+from nvr.ingest.session import RtspSession
+
 LOOPBACK = "127.0.0.1"
 NTP_UNIX_OFFSET_S = 2_208_988_800
 
@@ -426,3 +429,25 @@ class Collector:
             ):
                 self._changed.clear()
                 await self._changed.wait()
+
+
+def make_session(
+    url: str,
+    collector: Collector,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    clock: Clock | None = None,
+    **options: object,
+) -> RtspSession:
+    """An ``RtspSession`` of ``url`` that hands packets and sender reports to ``collector``;
+    ``options`` are the session's others (transport, want_audio, timeout_s)."""
+    return RtspSession(
+        url,
+        username=username,
+        password=password,
+        on_packet=collector.on_packet,
+        on_sender_report=collector.on_sender_report,
+        clock=clock or SystemClock(),
+        **options,  # type: ignore[arg-type]  # tests pass them as parametrized, untyped
+    )

@@ -13,17 +13,13 @@ from nvr.errors import CameraProtocolError
 from nvr.ingest.nal import (
     BitReader,
     BitstreamError,
-    FuFragment,
     NalDepacketizer,
     NalSyntax,
     PayloadError,
-    Piece,
-    WholeNal,
     decode_sprop,
-    split_aggregate,
     unescape_rbsp,
 )
-from nvr.media import VideoCodec, VideoParameters
+from nvr.media import VideoCodec
 
 NAL_IDR = 5
 NAL_SEI = 6
@@ -42,19 +38,17 @@ def nal_type(header: bytes) -> int:
     return header[0] & 0x1F
 
 
-def _check_nal_header(header: int) -> int:
-    if header & 0x80:
-        raise PayloadError("forbidden_zero_bit is set in the NAL unit header")
-    kind = header & 0x1F
-    if kind == 0 or kind >= 30:
-        raise PayloadError(f"NAL unit type {kind} is undefined in RFC 6184")
-    return kind
-
-
 class H264Syntax(NalSyntax):
     codec = VideoCodec.H264
     name = "H.264"
     param_types: Mapping[int, str] = {NAL_SPS: "sps", NAL_PPS: "pps"}
+    header_len = 1
+    aggregate_type = STAP_A
+    aggregate_name = "STAP-A"
+    fu_type = FU_A
+    fu_name = "FU-A"
+    fu_type_mask = 0x1F
+    fu_carried_types = range(1, STAP_A)
 
     def nal_type(self, header: bytes) -> int:
         return nal_type(header)
@@ -65,24 +59,24 @@ class H264Syntax(NalSyntax):
     def is_keyframe(self, nal_type: int) -> bool:
         return nal_type == NAL_IDR
 
-    def split_payload(self, payload: bytes) -> list[Piece]:
-        if not payload:
+    def check_header(self, nal: bytes) -> int:
+        if not nal:
             raise PayloadError("empty payload")
-        kind = _check_nal_header(payload[0])
-        if kind < STAP_A:
-            return [WholeNal(payload)]
-        if kind == STAP_A:
-            nals = split_aggregate(payload, 1, "STAP-A")
-            for nal in nals:
-                if _check_nal_header(nal.nal[0]) >= STAP_A:
-                    raise PayloadError(f"STAP-A holds a NAL unit of type {nal_type(nal.nal)}")
-            return list(nals)
-        if kind == FU_A:
-            return [_fu_a(payload)]
-        raise PayloadError(
+        if nal[0] & 0x80:
+            raise PayloadError("forbidden_zero_bit is set in the NAL unit header")
+        kind = nal_type(nal)
+        if kind == 0 or kind >= 30:
+            raise PayloadError(f"NAL unit type {kind} is undefined in RFC 6184")
+        return kind
+
+    def unsupported(self, kind: int) -> str:
+        return (
             f"{_INTERLEAVED_TYPES[kind]} (type {kind}) needs the interleaved mode, "
             f"which is not supported"
         )
+
+    def fu_nal_header(self, payload: bytes, kind: int) -> bytes:
+        return bytes([(payload[0] & 0xE0) | kind])  # F and NRI from the FU indicator
 
     def opens_access_unit(self, head: bytes) -> bool:
         kind = nal_type(head)
@@ -91,33 +85,8 @@ class H264Syntax(NalSyntax):
         # An IDR slice whose first_mb_in_slice is 0 (ue(v) code "1") opens its picture.
         return kind == NAL_IDR and len(head) > 1 and bool(head[1] & 0x80)
 
-    def parameters(self, nals: Mapping[str, bytes]) -> VideoParameters | None:
-        sps = nals.get("sps")
-        pps = nals.get("pps")
-        if sps is None or pps is None:
-            return None
-        size = parse_sps_size(sps)
-        return VideoParameters(
-            codec=VideoCodec.H264,
-            sps=sps,
-            pps=pps,
-            width=size[0] if size else None,
-            height=size[1] if size else None,
-        )
-
-
-def _fu_a(payload: bytes) -> FuFragment:
-    if len(payload) < 3:
-        raise PayloadError(f"FU-A of {len(payload)} bytes has no fragment data")
-    fu_header = payload[1]
-    start = bool(fu_header & 0x80)
-    end = bool(fu_header & 0x40)
-    kind = fu_header & 0x1F
-    if kind == 0 or kind >= STAP_A:
-        raise PayloadError(f"FU-A carries NAL unit type {kind}")
-    if start and end:
-        raise PayloadError(f"FU-A of NAL type {kind} has both start and end bits set")
-    return FuFragment(bytes([(payload[0] & 0xE0) | kind]), start, end, payload[2:])
+    def sps_size(self, sps: bytes) -> tuple[int, int] | None:
+        return parse_sps_size(sps)
 
 
 class H264Depacketizer(NalDepacketizer):

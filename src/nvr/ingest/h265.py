@@ -14,17 +14,13 @@ from nvr.errors import CameraProtocolError
 from nvr.ingest.nal import (
     BitReader,
     BitstreamError,
-    FuFragment,
     NalDepacketizer,
     NalSyntax,
     PayloadError,
-    Piece,
-    WholeNal,
     decode_sprop,
-    split_aggregate,
     unescape_rbsp,
 )
-from nvr.media import VideoCodec, VideoParameters
+from nvr.media import VideoCodec
 
 NAL_IRAP_FIRST = 16  # BLA_W_LP
 NAL_IRAP_LAST = 23  # RSV_IRAP_VCL23
@@ -43,23 +39,17 @@ def nal_type(header: bytes) -> int:
     return (header[0] >> 1) & 0x3F
 
 
-def _check_nal_header(header: bytes) -> int:
-    if len(header) < 2:
-        raise PayloadError(f"{len(header)} bytes cannot hold the 2-byte NAL unit header")
-    if header[0] & 0x80:
-        raise PayloadError("forbidden_zero_bit is set in the NAL unit header")
-    if header[1] & 0x07 == 0:
-        raise PayloadError("nuh_temporal_id_plus1 is 0 in the NAL unit header")
-    kind = nal_type(header)
-    if kind > PACI:
-        raise PayloadError(f"NAL unit type {kind} is undefined in RFC 7798")
-    return kind
-
-
 class H265Syntax(NalSyntax):
     codec = VideoCodec.H265
     name = "H.265"
     param_types: Mapping[int, str] = {NAL_VPS: "vps", NAL_SPS: "sps", NAL_PPS: "pps"}
+    header_len = 2
+    aggregate_type = AP
+    aggregate_name = "AP"
+    fu_type = FU
+    fu_name = "FU"
+    fu_type_mask = 0x3F
+    fu_carried_types = range(0, AP)
 
     def nal_type(self, header: bytes) -> int:
         return nal_type(header)
@@ -70,19 +60,24 @@ class H265Syntax(NalSyntax):
     def is_keyframe(self, nal_type: int) -> bool:
         return NAL_IRAP_FIRST <= nal_type <= NAL_IRAP_LAST
 
-    def split_payload(self, payload: bytes) -> list[Piece]:
-        kind = _check_nal_header(payload)
-        if kind < AP:
-            return [WholeNal(payload)]
-        if kind == AP:
-            nals = split_aggregate(payload, 2, "AP")
-            for nal in nals:
-                if _check_nal_header(nal.nal) >= AP:
-                    raise PayloadError(f"AP holds a NAL unit of type {nal_type(nal.nal)}")
-            return list(nals)
-        if kind == FU:
-            return [_fu(payload)]
-        raise PayloadError("PACI packets (type 50) are not supported")
+    def check_header(self, nal: bytes) -> int:
+        if len(nal) < 2:
+            raise PayloadError(f"{len(nal)} bytes cannot hold the 2-byte NAL unit header")
+        if nal[0] & 0x80:
+            raise PayloadError("forbidden_zero_bit is set in the NAL unit header")
+        if nal[1] & 0x07 == 0:
+            raise PayloadError("nuh_temporal_id_plus1 is 0 in the NAL unit header")
+        kind = nal_type(nal)
+        if kind > PACI:
+            raise PayloadError(f"NAL unit type {kind} is undefined in RFC 7798")
+        return kind
+
+    def unsupported(self, kind: int) -> str:
+        return "PACI packets (type 50) are not supported"
+
+    def fu_nal_header(self, payload: bytes, kind: int) -> bytes:
+        # F and the layer id's top bit from the payload header, then its second byte
+        return bytes([(payload[0] & 0x81) | (kind << 1), payload[1]])
 
     def opens_access_unit(self, head: bytes) -> bool:
         kind = nal_type(head)
@@ -91,36 +86,8 @@ class H265Syntax(NalSyntax):
         # An IRAP slice segment with first_slice_segment_in_pic_flag set opens its picture.
         return self.is_keyframe(kind) and len(head) > 2 and bool(head[2] & 0x80)
 
-    def parameters(self, nals: Mapping[str, bytes]) -> VideoParameters | None:
-        vps = nals.get("vps")
-        sps = nals.get("sps")
-        pps = nals.get("pps")
-        if vps is None or sps is None or pps is None:
-            return None
-        size = parse_sps_size(sps)
-        return VideoParameters(
-            codec=VideoCodec.H265,
-            vps=vps,
-            sps=sps,
-            pps=pps,
-            width=size[0] if size else None,
-            height=size[1] if size else None,
-        )
-
-
-def _fu(payload: bytes) -> FuFragment:
-    if len(payload) < 4:
-        raise PayloadError(f"FU of {len(payload)} bytes has no fragment data")
-    fu_header = payload[2]
-    start = bool(fu_header & 0x80)
-    end = bool(fu_header & 0x40)
-    kind = fu_header & 0x3F
-    if kind >= AP:
-        raise PayloadError(f"FU carries NAL unit type {kind}")
-    if start and end:
-        raise PayloadError(f"FU of NAL type {kind} has both start and end bits set")
-    header = bytes([(payload[0] & 0x81) | (kind << 1), payload[1]])
-    return FuFragment(header, start, end, payload[3:])
+    def sps_size(self, sps: bytes) -> tuple[int, int] | None:
+        return parse_sps_size(sps)
 
 
 class H265Depacketizer(NalDepacketizer):

@@ -3,8 +3,9 @@ access-unit assembly state machine.
 
 The two RFCs (6184 and 7798) differ in header sizes and type numbers, not in how a
 receiver turns packets into pictures, so each codec supplies a small ``NalSyntax``
-(how to split one payload into NAL units or fragments, and what each NAL type means)
-and ``NalDepacketizer`` does the rest.
+(its header sizes and payload type numbers, how a NAL unit header is checked, and
+what each NAL type means), which splits payloads into NAL units or fragments, and
+``NalDepacketizer`` does the rest.
 
 State machine of ``NalDepacketizer`` (``DepacketizerState``):
 
@@ -146,35 +147,26 @@ class FuFragment:
 Piece = WholeNal | FuFragment
 
 
-def split_aggregate(payload: bytes, header_len: int, name: str) -> list[WholeNal]:
-    """NAL units of a STAP-A / AP payload: 16-bit size, NAL unit, repeated."""
-    nals: list[WholeNal] = []
-    pos = header_len
-    end = len(payload)
-    while pos < end:
-        if pos + 2 > end:
-            raise PayloadError(f"{name} ends in a partial NAL unit size at offset {pos}")
-        (size,) = struct.unpack_from("!H", payload, pos)
-        if size == 0:
-            raise PayloadError(f"{name} holds a zero-length NAL unit at offset {pos}")
-        if pos + 2 + size > end:
-            raise PayloadError(
-                f"{name} NAL unit of {size} bytes at offset {pos} overruns the packet "
-                f"({end - pos - 2} bytes left)"
-            )
-        nals.append(WholeNal(payload[pos + 2 : pos + 2 + size]))
-        pos += 2 + size
-    if not nals:
-        raise PayloadError(f"{name} holds no NAL unit")
-    return nals
-
-
 class NalSyntax(ABC):
-    """What one codec's RTP payload format and NAL unit types mean."""
+    """What one codec's RTP payload format and NAL unit types mean.
+
+    Both formats carry a NAL unit whole, several in an aggregation packet (STAP-A /
+    AP: a 16-bit size before each) or one in fragmentation units (FU-A / FU: the
+    payload header, an FU header with start and end bits and the NAL unit type, then
+    the data); ``split_payload`` tells them apart and checks them against the numbers
+    each codec declares here.
+    """
 
     codec: VideoCodec
     name: str  # "H.264", used in error messages
     param_types: Mapping[int, str]  # NAL type -> "vps" / "sps" / "pps"
+    header_len: int  # bytes of a NAL unit header, and of an aggregation/FU payload header
+    aggregate_type: int  # first payload type that is no single NAL unit: STAP-A / AP
+    aggregate_name: str
+    fu_type: int
+    fu_name: str
+    fu_type_mask: int  # the NAL unit type bits of the FU header
+    fu_carried_types: range  # NAL unit types an FU may carry
 
     @abstractmethod
     def nal_type(self, header: bytes) -> int: ...
@@ -186,16 +178,88 @@ class NalSyntax(ABC):
     def is_keyframe(self, nal_type: int) -> bool: ...
 
     @abstractmethod
-    def split_payload(self, payload: bytes) -> list[Piece]:
-        """Whole NAL units or one FU fragment; raises ``PayloadError``."""
+    def check_header(self, nal: bytes) -> int:
+        """The NAL unit (or payload) type of a well-formed header; raises ``PayloadError``."""
+
+    @abstractmethod
+    def unsupported(self, kind: int) -> str:
+        """Why a payload of a defined type beyond the FU type is refused."""
+
+    @abstractmethod
+    def fu_nal_header(self, payload: bytes, kind: int) -> bytes:
+        """The fragmented NAL unit's header, rebuilt from an FU payload's headers."""
 
     @abstractmethod
     def opens_access_unit(self, head: bytes) -> bool:
         """True when a NAL unit starting with ``head`` can only be first in its unit."""
 
     @abstractmethod
+    def sps_size(self, sps: bytes) -> tuple[int, int] | None:
+        """Display width and height from an SPS NAL unit, None if unreadable."""
+
+    def split_payload(self, payload: bytes) -> list[Piece]:
+        """Whole NAL units or one FU fragment; raises ``PayloadError``."""
+        kind = self.check_header(payload)
+        if kind < self.aggregate_type:
+            return [WholeNal(payload)]
+        if kind == self.aggregate_type:
+            return list(self._split_aggregate(payload))
+        if kind == self.fu_type:
+            return [self._split_fu(payload)]
+        raise PayloadError(self.unsupported(kind))
+
     def parameters(self, nals: Mapping[str, bytes]) -> VideoParameters | None:
         """``VideoParameters`` from the latest parameter sets, None while one is missing."""
+        if any(slot not in nals for slot in self.param_types.values()):
+            return None
+        size = self.sps_size(nals["sps"])
+        return VideoParameters(
+            codec=self.codec,
+            vps=nals.get("vps"),
+            sps=nals["sps"],
+            pps=nals["pps"],
+            width=size[0] if size else None,
+            height=size[1] if size else None,
+        )
+
+    def _split_aggregate(self, payload: bytes) -> list[WholeNal]:
+        name = self.aggregate_name
+        nals: list[WholeNal] = []
+        pos = self.header_len
+        end = len(payload)
+        while pos < end:
+            if pos + 2 > end:
+                raise PayloadError(f"{name} ends in a partial NAL unit size at offset {pos}")
+            (size,) = struct.unpack_from("!H", payload, pos)
+            if size == 0:
+                raise PayloadError(f"{name} holds a zero-length NAL unit at offset {pos}")
+            if pos + 2 + size > end:
+                raise PayloadError(
+                    f"{name} NAL unit of {size} bytes at offset {pos} overruns the packet "
+                    f"({end - pos - 2} bytes left)"
+                )
+            nals.append(WholeNal(payload[pos + 2 : pos + 2 + size]))
+            pos += 2 + size
+        if not nals:
+            raise PayloadError(f"{name} holds no NAL unit")
+        for nal in nals:
+            if self.check_header(nal.nal) >= self.aggregate_type:
+                raise PayloadError(f"{name} holds a NAL unit of type {self.nal_type(nal.nal)}")
+        return nals
+
+    def _split_fu(self, payload: bytes) -> FuFragment:
+        if len(payload) < self.header_len + 2:
+            raise PayloadError(f"{self.fu_name} of {len(payload)} bytes has no fragment data")
+        fu_header = payload[self.header_len]
+        start = bool(fu_header & 0x80)
+        end = bool(fu_header & 0x40)
+        kind = fu_header & self.fu_type_mask
+        if kind not in self.fu_carried_types:
+            raise PayloadError(f"{self.fu_name} carries NAL unit type {kind}")
+        if start and end:
+            raise PayloadError(f"{self.fu_name} of NAL type {kind} has both start and end bits set")
+        data = payload[self.header_len + 1 :]
+        return FuFragment(self.fu_nal_header(payload, kind), start, end, data)
 
 
 # ------------------------------------------------------------------ state machine
