@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nvr.clock import SimulatedClock
-from nvr.media import MediaDescription, VideoAccessUnit, VideoCodec
+from nvr.media import VideoAccessUnit, VideoCodec
 from nvr.storage.index import Index
 from nvr.storage.model import RunEndReason
 from nvr.storage.recorder import Recorder
@@ -52,7 +52,7 @@ async def feed(
         "cam", root=tmp_path, index=index, clock=clock, segment_seconds=SEGMENT_S,
         writer_queue_frames=1000,
     )  # fmt: skip
-    rec.begin_session(_video_media(), None, "off")
+    rec.begin_session(None, "off")
     for i, ts in enumerate(timestamps):
         clock.advance(FRAME_NS)
         await rec.video(unit(clip, i, ts, new_parameters=i in new_params_at), clock.monotonic_ns())
@@ -60,10 +60,6 @@ async def feed(
     await rec.close()
     await index.close()
     return IndexReader(tmp_path / "index.db")
-
-
-def _video_media() -> MediaDescription:
-    return MediaDescription("video", 96, "H264", 90_000, 1, {}, "rtsp://x/video")
 
 
 def recorded_units(tmp_path: Path, reader: IndexReader) -> list[tuple[bytes, ...]]:
@@ -124,3 +120,12 @@ async def test_new_parameters_cut_a_segment_at_their_keyframe(tmp_path: Path, cl
         frame += seg.video_frames or 0
     assert 75 in starts_at_frame, starts_at_frame
     assert len(reader.runs("cam")) == 1
+
+
+async def test_two_pictures_with_one_timestamp_are_both_kept(tmp_path: Path, clip: Clip) -> None:
+    timestamps = [i * FRAME_90K for i in range(60)]
+    timestamps[31] = timestamps[30]  # the camera repeats a timestamp
+    reader = await feed(tmp_path, clip, timestamps)
+    assert [r.end_reason for r in reader.runs("cam")] == ["shutdown"]
+    assert recorded_units(tmp_path, reader) == [u for u, _ in clip.units[:60]]
+    assert sum(s.media_duration_90k or 0 for s in reader.segments("cam")) == 60 * FRAME_90K

@@ -247,7 +247,7 @@ class CameraSupervisor:
                     depacketizers[1] = depacketizer_for(session.audio)
                 except CameraError as exc:
                     log.warning("camera=%s audio not recorded: %s", cfg.id, exc)
-            self.recorder.begin_session(session.video, session.audio, cfg.audio)
+            self.recorder.begin_session(session.audio, cfg.audio)
             for item in early:
                 deliver(*item)
             early.clear()

@@ -115,7 +115,6 @@ class Recorder:
         self._pending: _Pending | None = None
         self._params: VideoParameters | None = None
         self._audio: AudioTrackSpec | None = None
-        self._video_media: MediaDescription | None = None
         self._audio_codec: str | None = None
         self.clock_offset_ns: int | None = None
         self.runs = 0
@@ -127,10 +126,8 @@ class Recorder:
     def recording(self) -> bool:
         return self._run is not None
 
-    def begin_session(
-        self, video: MediaDescription, audio: MediaDescription | None, audio_mode: str
-    ) -> None:
-        self._video_media = video
+    def begin_session(self, audio: MediaDescription | None, audio_mode: str) -> None:
+        """A new RTSP session: what its audio will become in the segments."""
         self._audio = audio_track_for(audio, audio_mode)
         self._audio_codec = self._audio.codec.value if self._audio is not None else None
         if audio is not None and self._audio is None and audio_mode != "off":
@@ -160,9 +157,11 @@ class Recorder:
             self._params = au.parameters
         pending = self._pending
         if pending is not None:
+            if media_90k <= pending.media_90k:
+                # Two pictures with one timestamp (a camera quirk): keep both, a tick apart;
+                # the next frame's duration gives the tick back, so run time stays exact.
+                media_90k = pending.media_90k + 1
             duration = media_90k - pending.media_90k
-            if duration <= 0:
-                duration = 1  # two pictures with one timestamp: keep both, a tick apart
             run.last_duration_90k = duration
             await self._write_pending(run, pending, duration)
             seg = run.segment
