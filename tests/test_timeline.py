@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nvr.errors import CameraClockJumpError
+from nvr.errors import CameraClockJumpError, CameraProtocolError
 from nvr.ingest.timeline import (
     RunTimeline,
     SplitError,
@@ -97,8 +97,15 @@ def test_correction_follows_small_drift_exactly() -> None:
 
 def test_backward_step_ends_the_run() -> None:
     tl = make()
+    tl.video(900_000, MONO0_NS)
+    with pytest.raises(CameraClockJumpError, match="stepped back by 450000 ticks"):
+        tl.video(450_000, MONO0_NS + FRAME_NS)
+
+
+def test_b_frames_are_refused_with_advice() -> None:
+    tl = make()
     tl.video(90_000, MONO0_NS)
-    with pytest.raises(CameraClockJumpError, match="stepped back by 3600 ticks"):
+    with pytest.raises(CameraProtocolError, match=r"went back 40 ms .* turn B-frames off"):
         tl.video(90_000 - FRAME_90K, MONO0_NS + FRAME_NS)
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from nvr.errors import CameraClockJumpError
+from nvr.errors import CameraClockJumpError, CameraProtocolError
 
 TICKS_90K_PER_S = 90_000
 MAX_PPM = 500  # wall durations follow media durations, corrected by at most this much
 MAX_SPLIT_90K = 5 * TICKS_90K_PER_S  # wall and media time further apart than this: new run
 MAX_FORWARD_JUMP_90K = 10 * TICKS_90K_PER_S  # a bigger step between two frames: new run
+MAX_REORDER_90K = TICKS_90K_PER_S // 2  # a smaller step back is B-frame reordering, not a jump
 DRIFT_WINDOW_90K = 2 * TICKS_90K_PER_S  # drift is read off the least-delayed of the last 2 s
 
 
@@ -106,6 +107,12 @@ class RunTimeline:
         last = self._last_media_90k
         if last is not None:
             step = media_90k - last
+            if -MAX_REORDER_90K <= step < 0:
+                raise CameraProtocolError(
+                    f"RTP time went back {-step * 1000 // TICKS_90K_PER_S} ms between two "
+                    "frames: the stream has B-frames (reordered pictures), which are not "
+                    "recorded; turn B-frames off in the camera's encoder settings"
+                )
             if step < 0:
                 raise CameraClockJumpError(f"RTP time stepped back by {-step} ticks (90 kHz)")
             if step > MAX_FORWARD_JUMP_90K:
