@@ -26,7 +26,7 @@ def write_partial_segment(path: Path, frames: int, cut_bytes: int) -> int:
     whole = path.with_suffix(".whole")
     muxer = SegmentMuxer(whole, clip.params)
     for i in range(frames):
-        muxer.write_video(clip.annexb(i), i * FRAME_90K, FRAME_90K, clip.units[i][1])
+        muxer.write_video(clip.units[i][0], i * FRAME_90K, FRAME_90K, clip.units[i][1])
     facts = muxer.close()
     last = facts.fragments[-1]
     data = whole.read_bytes()

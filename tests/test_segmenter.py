@@ -153,7 +153,7 @@ def write_segment(
     pending = list(audio_frames or [])
     audio_pts = 0
     for i in range(frames or len(clip.units)):
-        muxer.write_video(clip.annexb(i), i * FRAME_90K, FRAME_90K, clip.units[i][1])
+        muxer.write_video(clip.units[i][0], i * FRAME_90K, FRAME_90K, clip.units[i][1])
         # Audio up to this frame's time, the way a live stream interleaves.
         while pending and audio_pts * SECOND <= i * FRAME_90K * pending[0].clock_rate:
             frame = pending.pop(0)
@@ -246,10 +246,10 @@ def test_fragments_at_every_keyframe_and_no_longer_than_the_limit(
 def test_first_frame_must_be_a_keyframe_at_zero(h264_clip: Clip, tmp_path: Path) -> None:
     muxer = SegmentMuxer(tmp_path / "seg.mp4", h264_clip.params)
     with pytest.raises(ValueError, match="keyframe at pts 0"):
-        muxer.write_video(h264_clip.annexb(1), 0, FRAME_90K, False)
-    muxer.write_video(h264_clip.annexb(0), 0, FRAME_90K, True)
+        muxer.write_video(h264_clip.units[1][0], 0, FRAME_90K, False)
+    muxer.write_video(h264_clip.units[0][0], 0, FRAME_90K, True)
     with pytest.raises(ValueError, match="overlaps"):
-        muxer.write_video(h264_clip.annexb(1), FRAME_90K - 1, FRAME_90K, False)
+        muxer.write_video(h264_clip.units[1][0], FRAME_90K - 1, FRAME_90K, False)
     muxer.abort()
 
 
@@ -274,8 +274,8 @@ def test_disk_full_is_a_storage_full_error(
     path = tmp_path / "seg.mp4"
     muxer = SegmentMuxer(path, h264_clip.params)
     with pytest.raises(StorageFullError, match="No space left"):
-        for i in range(len(h264_clip.units)):
-            muxer.write_video(h264_clip.annexb(i), i * FRAME_90K, FRAME_90K, h264_clip.units[i][1])
+        for i, (nals, key) in enumerate(h264_clip.units):
+            muxer.write_video(nals, i * FRAME_90K, FRAME_90K, key)
     muxer.abort()
     recovered = recover_segment_file(path)
     assert recovered is not None and recovered.size_bytes <= 20_000
@@ -324,7 +324,7 @@ def test_g711_is_transcoded_to_aac(h264_clip: Clip, tmp_path: Path) -> None:
     path = tmp_path / "seg.mp4"
     muxer = SegmentMuxer(path, h264_clip.params, spec)
     for i in range(100):
-        muxer.write_video(h264_clip.annexb(i), i * FRAME_90K, FRAME_90K, h264_clip.units[i][1])
+        muxer.write_video(h264_clip.units[i][0], i * FRAME_90K, FRAME_90K, h264_clip.units[i][1])
     for j, frame in enumerate(frames):
         muxer.write_audio(frame, (j if j < 50 else j + 10) * 160)
     muxer.write_audio(frames[0], 0)  # out of order: dropped, counted
@@ -403,7 +403,7 @@ spec = AudioTrackSpec(AudioCodec.AAC, 16000, 1, config, "copy") if audio else No
 muxer = SegmentMuxer(Path({path!r}), clip.params, spec)
 audio_pts = 0
 for i in range({frames}):
-    muxer.write_video(clip.annexb(i), i * FRAME_90K, FRAME_90K, clip.units[i][1])
+    muxer.write_video(clip.units[i][0], i * FRAME_90K, FRAME_90K, clip.units[i][1])
     while audio and audio_pts * SECOND <= i * FRAME_90K * 16000:
         muxer.write_audio(audio.pop(0), audio_pts)
         audio_pts += 1024

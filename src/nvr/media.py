@@ -81,9 +81,6 @@ class VideoAccessUnit:
     new_parameters: bool  # parameters differ from the previous access unit's (new segment)
     loss_before: bool  # packets were lost before this unit (the depacketizer resynced here)
 
-    def annexb(self) -> bytes:
-        return b"".join(ANNEXB_START_CODE + nal for nal in self.nal_units)
-
 
 @dataclass(frozen=True, slots=True)
 class AudioFrame:

@@ -9,7 +9,7 @@ from fractions import Fraction
 import av
 from av.video.codeccontext import VideoCodecContext
 
-from nvr.media import ANNEXB_START_CODE, VideoCodec, VideoParameters
+from nvr.media import VideoCodec, VideoParameters
 from nvr.storage.nal_framing import annexb_nal_units
 
 GOP = 25
@@ -19,9 +19,6 @@ GOP = 25
 class Clip:
     params: VideoParameters
     units: list[tuple[tuple[bytes, ...], bool]]  # (NAL units, keyframe) per access unit
-
-    def annexb(self, i: int) -> bytes:
-        return b"".join(ANNEXB_START_CODE + nal for nal in self.units[i][0])
 
 
 def _our_sei(codec: VideoCodec, i: int) -> bytes:

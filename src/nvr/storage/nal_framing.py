@@ -7,6 +7,8 @@ Sans-IO; malformed input raises ``Mp4FormatError``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from nvr.storage.mp4box import Mp4FormatError
 
 
@@ -36,7 +38,7 @@ def annexb_nal_units(data: bytes) -> list[bytes]:
 
 def annexb_to_sample(data: bytes) -> bytes:
     """Annex B access unit to an MP4 sample: every NAL unit, 4-byte length prefixed."""
-    return b"".join(len(nal).to_bytes(4, "big") + nal for nal in annexb_nal_units(data))
+    return nal_units_to_sample(annexb_nal_units(data))
 
 
 def sample_nal_units(sample: bytes, length_size: int = 4) -> list[bytes]:
@@ -53,3 +55,8 @@ def sample_nal_units(sample: bytes, length_size: int = 4) -> list[bytes]:
         units.append(sample[pos : pos + size])
         pos += size
     return units
+
+
+def nal_units_to_sample(nal_units: Sequence[bytes]) -> bytes:
+    """NAL units as one MP4 sample: each prefixed with its 4-byte big-endian length."""
+    return b"".join(len(nal).to_bytes(4, "big") + nal for nal in nal_units)

@@ -59,7 +59,7 @@ def audio_track_for(media: MediaDescription | None, mode: str) -> AudioTrackSpec
 
 @dataclass(slots=True)
 class _Pending:
-    data: bytes
+    nal_units: tuple[bytes, ...]
     media_90k: int
     is_keyframe: bool
 
@@ -173,7 +173,7 @@ class Recorder:
                     run, media_90k = await self._start_run(au, recv_mono_ns)
         if run.segment is None:
             await self._open_segment(run, media_90k)
-        self._pending = _Pending(au.annexb(), media_90k, au.is_keyframe)
+        self._pending = _Pending(au.nal_units, media_90k, au.is_keyframe)
 
     async def audio(self, frame: AudioFrame, stream: int, recv_mono_ns: int) -> None:
         run = self._run
@@ -291,7 +291,7 @@ class Recorder:
         if seg.done.done():
             seg.done.result()  # raises the writer's error for this segment
         self._submit(
-            WriteVideo(pending.data, pending.media_90k - seg.media_start_90k, duration_90k,
+            WriteVideo(pending.nal_units, pending.media_90k - seg.media_start_90k, duration_90k,
                        pending.is_keyframe)
         )
         seg.frames += 1

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -37,7 +38,7 @@ from nvr.storage.audio_aac import G711ToAac, adts_template
 from nvr.storage.fsync import fsync_dir
 from nvr.storage.model import SegmentFile
 from nvr.storage.mp4box import Mp4Scanner, top_level_box, video_sample_entry
-from nvr.storage.nal_framing import annexb_to_sample
+from nvr.storage.nal_framing import nal_units_to_sample
 from nvr.storage.recovery_file import fragment_facts
 
 __all__ = [
@@ -299,7 +300,7 @@ class SegmentMuxer:
         self._audio = stream
 
     def write_video(
-        self, data_annexb: bytes, pts_90k: int, duration_90k: int, is_keyframe: bool
+        self, nal_units: Sequence[bytes], pts_90k: int, duration_90k: int, is_keyframe: bool
     ) -> None:
         """Add one access unit; its NAL units are stored exactly as given."""
         if self.video_frames == 0 and not (is_keyframe and pts_90k == 0):
@@ -309,7 +310,7 @@ class SegmentMuxer:
                 f"video pts {pts_90k} (duration {duration_90k}) overlaps the previous frame "
                 f"ending at {self._next_video_pts}"
             )
-        packet = av.Packet(annexb_to_sample(data_annexb))
+        packet = av.Packet(nal_units_to_sample(nal_units))
         packet.stream = self._video
         packet.time_base = _TIME_BASE_90K
         packet.pts = packet.dts = pts_90k

@@ -36,7 +36,7 @@ class OpenSegment:
 
 @dataclass(frozen=True, slots=True)
 class WriteVideo:
-    data: bytes  # Annex B access unit
+    nal_units: tuple[bytes, ...]  # one access unit, without start codes
     pts_90k: int  # relative to the segment start
     duration_90k: int
     is_keyframe: bool
@@ -113,7 +113,7 @@ class SegmentWriter:
                 elif failed or muxer is None or current is None:
                     continue  # the segment already failed; its future says why
                 elif isinstance(cmd, WriteVideo):
-                    muxer.write_video(cmd.data, cmd.pts_90k, cmd.duration_90k, cmd.is_keyframe)
+                    muxer.write_video(cmd.nal_units, cmd.pts_90k, cmd.duration_90k, cmd.is_keyframe)
                 elif isinstance(cmd, WriteAudio):
                     muxer.write_audio(cmd.frame, cmd.pts)
                 else:
