@@ -277,11 +277,10 @@ class Recorder:
         rel = segment_rel_path(self.camera_id, start_90k)
         seg_id = await self._index.open_segment(run.id, self.camera_id, rel, start_90k)
         cmd = OpenSegment(self._root / rel, params, self._audio)
-        if not self._writer.submit(cmd):
-            raise WriterBehindError(f"camera {self.camera_id}: writer queue full")
+        self._writer.control(cmd)
         run.segment = _Segment(seg_id, rel, media_90k, start_90k, asyncio.wrap_future(cmd.done))
 
-    def _submit(self, cmd: WriteVideo | WriteAudio | CloseSegment) -> None:
+    def _submit(self, cmd: WriteVideo | WriteAudio) -> None:
         if not self._writer.submit(cmd):
             raise WriterBehindError(f"camera {self.camera_id}: writer queue full")
 
@@ -333,8 +332,8 @@ class Recorder:
         cut back to its whole fragments and closed with what they hold (or marked missing).
         """
         run.segment = None
-        if not seg.done.done() and not self._writer.submit(CloseSegment()):
-            await asyncio.to_thread(self._writer.submit_wait, CloseSegment())
+        if not seg.done.done():
+            self._writer.control(CloseSegment())
         try:
             facts = await seg.done
         except StorageError as exc:

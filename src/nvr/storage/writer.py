@@ -68,25 +68,24 @@ class SegmentWriter:
     """One camera's writer thread. Commands run in order; a failed segment fails its future."""
 
     def __init__(self, name: str, maxsize: int) -> None:
-        self._queue: queue.Queue[_Command] = queue.Queue(maxsize=maxsize)
+        # SimpleQueue (C, lock-free for one producer) with the bound checked by hand: the event
+        # loop is the only producer, so qsize() cannot grow between the check and the put.
+        self._queue: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._maxsize = maxsize
         self._thread = threading.Thread(target=self._main, name=f"writer-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, cmd: OpenSegment | WriteVideo | WriteAudio | CloseSegment) -> bool:
-        """Queue a command; False when the queue is full (the disk is not keeping up)."""
-        try:
-            self._queue.put_nowait(cmd)
-        except queue.Full:
+    def submit(self, cmd: WriteVideo | WriteAudio) -> bool:
+        """Queue a frame; False when the queue is full (the disk is not keeping up)."""
+        if self._queue.qsize() >= self._maxsize:
             return False
+        self._queue.put(cmd)
         return True
 
-    def submit_wait(self, cmd: OpenSegment | CloseSegment, timeout_s: float = 30.0) -> bool:
-        """Queue a control command, waiting for room; only for shutdown paths."""
-        try:
-            self._queue.put(cmd, timeout=timeout_s)
-        except queue.Full:
-            return False
-        return True
+    def control(self, cmd: OpenSegment | CloseSegment) -> None:
+        """Queue an open or a close: always taken (at most two per segment), so a full queue
+        of frames can still be closed cleanly behind them."""
+        self._queue.put(cmd)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Finish what is queued and end the thread (blocking: call from a thread)."""
