@@ -129,3 +129,31 @@ async def test_two_pictures_with_one_timestamp_are_both_kept(tmp_path: Path, cli
     assert [r.end_reason for r in reader.runs("cam")] == ["shutdown"]
     assert recorded_units(tmp_path, reader) == [u for u, _ in clip.units[:60]]
     assert sum(s.media_duration_90k or 0 for s in reader.segments("cam")) == 60 * FRAME_90K
+
+
+async def test_packet_loss_leaves_a_gap_not_a_long_frame(tmp_path: Path, clip: Clip) -> None:
+    clock = SimulatedClock()
+    index = await Index.open(tmp_path / "index.db", clock=clock)
+    await index.upsert_camera("cam", "test", "file")
+    rec = Recorder("cam", root=tmp_path, index=index, clock=clock, segment_seconds=SEGMENT_S,
+                   writer_queue_frames=1000)  # fmt: skip
+    rec.begin_session(None, "off")
+    for i in range(100):
+        clock.advance(FRAME_NS)
+        if 30 <= i < 50:
+            continue  # lost on the way; the depacketizer resumes at keyframe 50
+        au = unit(clip, i, i * FRAME_90K)
+        if i == 50:
+            au = VideoAccessUnit(au.timestamp, au.nal_units, au.is_keyframe, au.parameters,
+                                 au.new_parameters, loss_before=True)  # fmt: skip
+        await rec.video(au, clock.monotonic_ns())
+    await rec.end_run(RunEndReason.SHUTDOWN)
+    await rec.close()
+    await index.close()
+    reader = IndexReader(tmp_path / "index.db")
+    first, second = reader.runs("cam")
+    assert first.end_reason == "packet_loss" and second.end_reason == "shutdown"
+    assert first.end_90k is not None
+    # Frame 29 keeps the usual duration; the 20 lost frames (0.8 s) are the gap.
+    assert second.start_90k - first.end_90k == 20 * FRAME_90K
+    assert sum(s.video_frames or 0 for s in reader.segments("cam")) == 80

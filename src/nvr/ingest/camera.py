@@ -126,7 +126,8 @@ class CameraSupervisor:
         self.failures = 0
         self.last_error: str | None = None
         self.last_error_kind: str | None = None
-        self._last_frame_mono_ns: int | None = None
+        self._last_frame_mono_ns: int | None = None  # last complete video frame
+        self._last_packet_mono_ns: int | None = None  # last video RTP packet
         self.last_frame_wall_ns: int | None = None
         self._last_logged_mono_ns: int | None = None
 
@@ -209,6 +210,8 @@ class CameraSupervisor:
                 dep.push(pkt)
             except DepacketizeError as exc:
                 log.debug("camera=%s stream %d: %s", cfg.id, stream, exc)
+            if stream == 0:
+                self._last_packet_mono_ns = recv_ns
             while (out := dep.pull()) is not None:
                 if stream == 0:
                     self._last_frame_mono_ns = recv_ns
@@ -251,7 +254,7 @@ class CameraSupervisor:
             for item in early:
                 deliver(*item)
             early.clear()
-            self._last_frame_mono_ns = self._clock.monotonic_ns()
+            self._last_frame_mono_ns = self._last_packet_mono_ns = self._clock.monotonic_ns()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(session.run())
                 tg.create_task(self._consume(queue, overflow))
@@ -275,13 +278,25 @@ class CameraSupervisor:
                 await self.recorder.sender_report(item.ntp_ns, item.rtp_timestamp)
 
     async def _watchdog(self) -> None:
-        timeout_ns = int(self.cfg.stall_timeout_s * 1e9)
+        """End the session when video stops: no packet for ``stall_timeout_s``, or packets that
+        never make a frame (no decodable keyframe) for ``max(30 s, 3 x stall_timeout_s)``.
+
+        Liveness is judged on packets, not frames, so a camera with a long keyframe interval
+        is not cut off while the recorder waits for its next keyframe after a loss.
+        """
+        stall_ns = int(self.cfg.stall_timeout_s * 1e9)
+        no_frame_ns = max(30 * 10**9, 3 * stall_ns)
         while True:
-            last = self._last_frame_mono_ns or self._clock.monotonic_ns()
-            idle_ns = self._clock.monotonic_ns() - last
-            if idle_ns >= timeout_ns:
+            now = self._clock.monotonic_ns()
+            idle_ns = now - (self._last_packet_mono_ns or now)
+            if idle_ns >= stall_ns:
                 raise CameraStalledError(
-                    f"no video frame for {idle_ns / 1e9:.1f} s (stall_timeout_s = "
+                    f"no video for {idle_ns / 1e9:.1f} s (stall_timeout_s = "
                     f"{self.cfg.stall_timeout_s:g})"
                 )
-            await self._clock.sleep(min(0.5, (timeout_ns - idle_ns) / 1e9))
+            frameless_ns = now - (self._last_frame_mono_ns or now)
+            if frameless_ns >= no_frame_ns:
+                raise CameraStalledError(
+                    f"video packets arrive but no complete keyframe for {frameless_ns / 1e9:.0f} s"
+                )
+            await self._clock.sleep(min(0.5, (stall_ns - idle_ns) / 1e9))

@@ -18,6 +18,7 @@ class RunEndReason(StrEnum):
     DISK_FULL = "disk_full"  # storage could not take more
     WRITER_BEHIND = "writer_behind"  # the writer queue was full: disk too slow for the stream
     PARAMETERS_CHANGED = "parameters_changed"  # codec changed in a way one run cannot carry
+    PACKET_LOSS = "packet_loss"  # packets lost; video resumes at the next keyframe (a new run)
 
 
 class SegmentState(StrEnum):

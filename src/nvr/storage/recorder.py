@@ -142,6 +142,12 @@ class Recorder:
     async def video(self, au: VideoAccessUnit, recv_mono_ns: int) -> None:
         run = self._run
         media_90k = 0
+        if run is not None and au.loss_before:
+            # The depacketizer dropped everything since the loss up to this keyframe: that
+            # stretch is not recorded, so it is a gap with its reason, not a long last frame.
+            await self.end_run(RunEndReason.PACKET_LOSS,
+                               "packets lost; recording resumed at the next keyframe")
+            run = None
         if run is not None:
             try:
                 media_90k = run.timeline.video(au.timestamp, recv_mono_ns)

@@ -82,7 +82,7 @@ create table run (
   -- end_90k is NULL.
   end_reason text check (end_reason in (
     'camera_closed', 'timeout', 'error', 'shutdown', 'crash', 'clock_jump', 'disk_full',
-    'writer_behind', 'parameters_changed'
+    'writer_behind', 'parameters_changed', 'packet_loss'
   )),
 
   -- Free text on the end: the error message for 'error', the size of the jump for
