@@ -106,7 +106,11 @@ async def serve(cfg: Config) -> int:
         signal.SIGHUP, lambda: log.warning("SIGHUP: configuration reload is not supported yet")
     )
     app = App(cfg)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop()  # close what did open (the index's thread would keep us alive)
+        raise
     notify("READY=1\nSTATUS=" + app.status_line())
     interval = watchdog_interval_s()
     try:
