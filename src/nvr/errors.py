@@ -54,3 +54,7 @@ class StorageFullError(StorageError):
 
 class CameraClockJumpError(CameraError):
     """The camera's media clock stepped or drifted away from ours: the run must end here."""
+
+
+class DiscoveryError(NvrError):
+    """WS-Discovery failed: a target the user gave is invalid, or a datagram is unusable."""
