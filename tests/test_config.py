@@ -149,3 +149,19 @@ def test_backoff_doubles_to_the_cap_with_jitter() -> None:
 def test_journal_lines_carry_priority_prefixes() -> None:
     rec = logging.LogRecord("nvr", logging.WARNING, __file__, 1, "camera=a x\nmore", None, None)
     assert JournalFormatter("%(message)s").format(rec) == "<4>camera=a x\n<4>more"
+
+
+def test_onvif_cameras_need_an_onvif_address_or_a_url_not_both() -> None:
+    onvif = GOOD.replace(
+        'url = "rtsp://198.51.100.7:554/Streaming/Channels/101"',
+        'onvif = "http://198.51.100.7:8000"\nprofile = "sub"',
+    )
+    cam = parse_config(onvif).cameras[0]
+    assert cam.url is None and cam.onvif == "http://198.51.100.7:8000" and cam.profile == "sub"
+    assert cam.safe_url == "http://198.51.100.7:8000 (ONVIF, profile sub)"
+    both = GOOD.replace('transport = "tcp"', 'transport = "tcp"\nonvif = "http://h"')
+    with pytest.raises(ConfigError, match=r"give either url \(RTSP\) or onvif"):
+        parse_config(both)
+    with_creds = onvif.replace("http://198.51.100.7:8000", "http://admin:x@198.51.100.7")
+    with pytest.raises(ConfigError, match=r"cameras\[0\]\.onvif: must not carry credentials"):
+        parse_config(with_creds)

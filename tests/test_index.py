@@ -568,3 +568,17 @@ def test_segment_path_is_utc_and_millisecond_precise() -> None:
     start_90k = (1_795_874_709 * 1_000_000 + 123_456) * 9 // 100
     assert segment_rel_path("cam-1", start_90k) == ("cam-1/2026/11/28/14/20261128T140509.123Z.mp4")
     assert segment_rel_path("c", 0) == "c/1970/01/01/00/19700101T000000.000Z.mp4"
+
+
+async def test_camera_identity_is_stored(tmp_path: Path) -> None:
+    index = await Index.open(tmp_path / "index.db")
+    await index.upsert_camera("gate", "Gate", "http://10.0.0.5 (ONVIF)")
+    await index.set_camera_identity("gate", serial="SN-1", mac="44:19:B6:0A:0B:0C",
+                                    manufacturer="Acme", model="AC-2000")  # fmt: skip
+    await index.close()
+    con = sqlite3.connect(tmp_path / "index.db")
+    row = con.execute(
+        "SELECT onvif_serial, onvif_mac, onvif_manufacturer, onvif_model FROM camera"
+    ).fetchone()
+    con.close()
+    assert row == ("SN-1", "44:19:b6:0a:0b:0c", "Acme", "AC-2000")

@@ -11,8 +11,10 @@ from aiohttp import web
 
 from nvr.api.server import make_app
 from nvr.clock import Clock, SystemClock
-from nvr.config import Config
+from nvr.config import CameraConfig, Config
 from nvr.ingest.camera import CameraState, CameraStatus, CameraSupervisor
+from nvr.ingest.onvif import DeviceIdentity
+from nvr.ingest.source import FixedSource, OnvifSource, StreamSource
 from nvr.storage.index import Index
 from nvr.storage.recorder import Recorder
 from nvr.storage.recovery import check_storage_identity, recover
@@ -55,7 +57,7 @@ class App:
                 segment_seconds=cfg.storage.segment_seconds,
                 writer_queue_frames=cfg.storage.writer_queue_frames,
             )
-            sup = CameraSupervisor(cam, recorder, self.clock)
+            sup = CameraSupervisor(cam, recorder, self.clock, self._source_for(cam))
             self.supervisors.append(sup)
             self._tasks.append(asyncio.create_task(sup.run_forever(), name=f"camera-{cam.id}"))
         if serve_api:
@@ -65,6 +67,19 @@ class App:
             await web.TCPSite(self._runner, host.strip("[]"), int(port)).start()
             log.info("API listening on http://%s", cfg.api.listen)
         log.info("recording %d cameras into %s", len(self.supervisors), root)
+
+    def _source_for(self, cam: CameraConfig) -> StreamSource:
+        if cam.url is not None:
+            return FixedSource(cam.url)
+        index = self.index
+        assert index is not None
+
+        async def store_identity(ident: DeviceIdentity) -> None:
+            await index.set_camera_identity(cam.id, serial=ident.serial, mac=ident.mac,
+                                            manufacturer=ident.manufacturer,
+                                            model=ident.model)  # fmt: skip
+
+        return OnvifSource(cam, self.clock, on_identity=store_identity)
 
     def status_line(self) -> str:
         states = [s.state for s in self.supervisors]

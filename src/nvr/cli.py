@@ -12,6 +12,7 @@ import uvloop
 
 from nvr import __version__
 from nvr.config import Config, load_config
+from nvr.discover_cli import add_parser as add_discover_parser
 from nvr.errors import ConfigError, NvrError
 from nvr.logs import setup_logging
 
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=True, help="TOML configuration file")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_run)
+
+    add_discover_parser(sub)
 
     p = sub.add_parser("check-config", help="validate a configuration file")
     p.add_argument("file")

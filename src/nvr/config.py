@@ -58,7 +58,12 @@ class ApiConfig(_Model):
 class CameraConfig(_Model):
     id: str
     name: str = ""
-    url: str
+    url: str | None = None  # the RTSP stream, or:
+    onvif: str | None = None  # the camera's ONVIF address; the stream URI is asked of it
+    profile: str = "main"  # with onvif: "main", "sub" or a profile token
+    discovery_targets: list[str] = []  # with onvif: hosts/CIDRs to probe if the camera moves
+    discovery_multicast: bool = True  # with onvif: also probe by multicast if the camera moves
+    onvif_check_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0  # how often to check it
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
@@ -79,7 +84,9 @@ class CameraConfig(_Model):
 
     @field_validator("url")
     @classmethod
-    def _rtsp_url(cls, value: str) -> str:
+    def _rtsp_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             parts = urlsplit(value)
             _ = parts.port
@@ -91,8 +98,26 @@ class CameraConfig(_Model):
             raise ValueError("has no host")
         return value
 
+    @field_validator("onvif")
+    @classmethod
+    def _onvif_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be http://HOST[:PORT][/onvif/device_service]")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials; use username and password_file")
+        return value
+
     @model_validator(mode="after")
     def _one_password_source(self) -> CameraConfig:
+        if (self.url is None) == (self.onvif is None):
+            raise ValueError("give either url (RTSP) or onvif (the camera's ONVIF address)")
         if self.password is not None and self.password_file is not None:
             raise ValueError("give either password or password_file, not both")
         if self.backoff_max_s < self.backoff_initial_s:
@@ -101,7 +126,7 @@ class CameraConfig(_Model):
 
     def credentials(self) -> tuple[str | None, str | None]:
         """Username and password: config keys first, then URL userinfo (percent-decoded)."""
-        parts = urlsplit(self.url)
+        parts = urlsplit(self.url or "")
         user = self.username
         if user is None and parts.username is not None:
             user = unquote(parts.username)
@@ -122,7 +147,10 @@ class CameraConfig(_Model):
 
     @property
     def safe_url(self) -> str:
-        return redact_url(self.url)
+        """Where the camera is, for logs and the API: the RTSP URL redacted, or the ONVIF one."""
+        if self.url is not None:
+            return redact_url(self.url)
+        return f"{self.onvif} (ONVIF, profile {self.profile})"
 
 
 class Config(_Model):

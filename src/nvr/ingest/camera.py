@@ -28,6 +28,7 @@ from nvr.errors import (
 from nvr.ingest.depacketize import Depacketizer, depacketizer_for
 from nvr.ingest.rtp import parse_rtp
 from nvr.ingest.session import RtspSession
+from nvr.ingest.source import StreamSource
 from nvr.media import AudioFrame, VideoAccessUnit
 from nvr.storage.model import RunEndReason
 from nvr.storage.recorder import Recorder, WriterBehindError
@@ -114,11 +115,14 @@ class CameraSupervisor:
         cfg: CameraConfig,
         recorder: Recorder,
         clock: Clock,
+        source: StreamSource,
+        *,
         rng: random.Random | None = None,
         session_factory: Callable[..., RtspSession] = RtspSession,
     ) -> None:
         self.cfg = cfg
         self.recorder = recorder
+        self._source = source
         self._clock = clock
         self._rng = rng or random.Random()
         self._session_factory = session_factory
@@ -154,6 +158,7 @@ class CameraSupervisor:
                     exc = _first_error(raw)
                     if isinstance(exc, asyncio.CancelledError):
                         raise exc from None
+                    self._source.session_ended(streamed=self.state is CameraState.STREAMING)
                     await self._after_failure(exc, started_ns)
                 delay = backoff_delay_s(
                     self.failures, self.cfg.backoff_initial_s, self.cfg.backoff_max_s, self._rng
@@ -232,8 +237,10 @@ class CameraSupervisor:
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait((stream, _SenderReport(ntp_ns, rtp_timestamp), 0))
 
+        url = await self._source.stream_url()
+        self.recorder.clock_offset_ns = self._source.clock_offset_ns
         session = self._session_factory(
-            cfg.url,
+            url,
             username=user,
             password=password,
             transport=cfg.transport,
@@ -259,6 +266,7 @@ class CameraSupervisor:
                 tg.create_task(session.run())
                 tg.create_task(self._consume(queue, overflow))
                 tg.create_task(self._watchdog())
+                tg.create_task(self._source.watch())
 
     async def _consume(self, queue: asyncio.Queue[_Item], overflow: list[bool]) -> None:
         while True:

@@ -292,6 +292,22 @@ class Index:
 
         await self._write(f"upsert_camera({camera_id})", body)
 
+    async def set_camera_identity(
+        self, camera_id: str, *, serial: str, mac: str | None, manufacturer: str, model: str
+    ) -> None:
+        """Record who the camera is (from ONVIF), so it can be found again at a new address."""
+
+        async def body(db: _Db) -> None:
+            cur = await db.execute(
+                "UPDATE camera SET onvif_serial = ?, onvif_mac = ?, onvif_manufacturer = ?, "
+                "onvif_model = ? WHERE id = ?",
+                (serial, mac.lower() if mac else None, manufacturer, model, camera_id),
+            )
+            if cur.rowcount != 1:
+                raise StorageError("no such camera")
+
+        await self._write(f"set_camera_identity({camera_id})", body)
+
     async def start_run(
         self,
         camera_id: str,

@@ -31,6 +31,9 @@ from nvr.storage.writer import CloseSegment, OpenSegment, SegmentWriter, WriteAu
 log = logging.getLogger(__name__)
 
 
+CLOCK_WARN_NS = 2 * 10**9  # a camera clock further off than this is logged, once per run
+
+
 class WriterBehindError(StorageError):
     """The writer queue is full: the disk is not keeping up with this camera."""
 
@@ -208,7 +211,7 @@ class Recorder:
         offset_ns = ntp_ns - nvr_ns
         run.clock_offset_known = True
         await self._index.set_run_clock_offset(run.id, offset_ns)
-        if abs(offset_ns) > 2 * 10**9:
+        if abs(offset_ns) > CLOCK_WARN_NS:
             log.warning("camera=%s clock is %+.1f s off the NVR clock (RTCP sender report)",
                         self.camera_id, offset_ns / 1e9)
 
@@ -270,8 +273,12 @@ class Recorder:
         )
         self._params = params
         self._pending = None
-        self._run = run = _Run(run_id, timeline)
+        self._run = run = _Run(run_id, timeline,
+                               clock_offset_known=self.clock_offset_ns is not None)  # fmt: skip
         self.runs += 1
+        if self.clock_offset_ns is not None and abs(self.clock_offset_ns) > CLOCK_WARN_NS:
+            log.warning("camera=%s clock is %+.1f s off the NVR clock (ONVIF); run %d",
+                        self.camera_id, self.clock_offset_ns / 1e9, run_id)  # fmt: skip
         log.info("camera=%s run %d started (%s %sx%s)", self.camera_id, run_id,
                  params.codec.value, params.width, params.height)
         return run, media_90k

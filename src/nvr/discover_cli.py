@@ -1,0 +1,139 @@
+"""``nvr discover``: find ONVIF cameras and read who they are and what they stream."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nvr.clock import SystemClock
+from nvr.errors import CameraError, NvrError
+from nvr.ingest.discovery import probe
+from nvr.ingest.onvif import DeviceReadout, read_clock, read_device
+from nvr.ingest.source import device_service_url
+from nvr.ingest.wsdiscovery import ProbeMatch
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    url: str  # the device service URL
+    sources: tuple[str, ...]  # where the answer came from (probe replies), empty for --host
+    scopes_name: str | None
+    readout: DeviceReadout | None
+    clock_offset_ns: int | None
+    error: str | None
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("discover", help="find ONVIF cameras (WS-Discovery) and read them out")
+    p.add_argument("--target", action="append", default=[], metavar="HOST[:PORT]|CIDR",
+                   help="probe these hosts or ranges by unicast (repeatable)")  # fmt: skip
+    p.add_argument("--host", action="append", default=[], metavar="URL",
+                   help="read this device directly (http://HOST[:PORT]), no probe")  # fmt: skip
+    p.add_argument("--no-multicast", action="store_true", help="do not probe by multicast")
+    p.add_argument("--user", help="ONVIF user for the read-out")
+    p.add_argument("--password-file", type=Path, help="file holding the ONVIF password")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--write-config", action="store_true",
+                   help="print [[cameras]] entries for the devices found")  # fmt: skip
+    p.set_defaults(func=run_discover)
+
+
+async def _discover(args: argparse.Namespace, password: str | None) -> list[Found]:
+    clock = SystemClock()
+    devices: dict[str, tuple[tuple[str, ...], str | None]] = {}
+    if args.target or not (args.host or args.no_multicast):
+        matches: tuple[ProbeMatch, ...] = await probe(
+            multicast=not args.no_multicast, targets=args.target, timeout_s=args.timeout
+        )
+        for m in matches:
+            if m.preferred_xaddr:
+                devices[m.preferred_xaddr] = (m.sources, m.name)
+    for host in args.host:
+        devices.setdefault(device_service_url(host), ((), None))
+
+    async def one(url: str, sources: tuple[str, ...], name: str | None) -> Found:
+        try:
+            if args.user is not None and password is not None:
+                timeout_s = max(args.timeout, 5.0)
+                readout = await read_device(url, args.user, password, timeout_s=timeout_s,
+                                            clock=clock)  # fmt: skip
+                offset = readout.clock.offset_ns if readout.clock else None
+                return Found(url, sources, name, readout, offset, None)
+            reading = await read_clock(url, timeout_s=max(args.timeout, 5.0), clock=clock)
+            return Found(url, sources, name, None, reading.offset_ns,
+                         "no --user/--password-file: identity and profiles not read")  # fmt: skip
+        except CameraError as exc:
+            return Found(url, sources, name, None, None, str(exc))
+
+    return list(await asyncio.gather(*(one(u, s, n) for u, (s, n) in devices.items())))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "camera"
+
+
+def _config_entries(found: list[Found], user: str | None) -> str:
+    out = []
+    for f in found:
+        ident = f.readout.identity if f.readout else None
+        base = f"{ident.model}-{ident.serial[-6:]}" if ident else (f.scopes_name or f.url)
+        cam_id = _slug(base)
+        out += [
+            "[[cameras]]",
+            f'id = "{cam_id}"',
+            f"name = {json.dumps(f.scopes_name or (ident.model if ident else cam_id))}",
+            f'onvif = "{f.url}"',
+            'profile = "main"',
+            f"username = {json.dumps(user or 'admin')}",
+            f'password_file = "/etc/nvr/secrets/{cam_id}"',
+            "",
+        ]
+    return "\n".join(out)
+
+
+def _human(found: list[Found]) -> str:
+    if not found:
+        return "no ONVIF devices answered"
+    lines = []
+    for f in found:
+        offset = f" clock {f.clock_offset_ns / 1e9:+.1f} s" if f.clock_offset_ns is not None else ""
+        lines.append(f"{f.url}{offset}")
+        if f.readout is not None:
+            i = f.readout.identity
+            lines.append(f"  {i.manufacturer} {i.model}  serial {i.serial}  MAC {i.mac or '?'}"
+                         f"  firmware {i.firmware}")  # fmt: skip
+            for p in f.readout.profiles:
+                size = f"{p.width}x{p.height}" if p.width else "?"
+                lines.append(f"  profile {p.token:<16} {p.codec:<5} {size:>9} "
+                             f"{p.fps or '?'} fps {p.bitrate_kbps or '?'} kb/s  {p.stream_uri}")
+        if f.error:
+            lines.append(f"  ! {f.error}")
+    return "\n".join(lines)
+
+
+def run_discover(args: argparse.Namespace) -> int:
+    password = None
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            print(f"error: cannot read {args.password_file}: {exc.strerror}", file=sys.stderr)
+            return 2
+    try:
+        found = asyncio.run(_discover(args, password))
+    except NvrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.write_config:
+        print(_config_entries(found, args.user))
+    elif args.json:
+        print(json.dumps([asdict(f) for f in found], indent=2, default=str))
+    else:
+        print(_human(found))
+    return 0

@@ -1,0 +1,273 @@
+"""A small SOAP 1.2 client for what onvif-zeep-async cannot do, and the device-clock arithmetic.
+
+onvif-zeep-async always signs requests with WS-Security (so ``GetSystemDateAndTime``, which
+needs no login, cannot be asked plainly) and ships no Media2 (ver20) WSDL. This module posts
+hand-written envelopes with aiohttp, stamps the UsernameToken with the device's clock, and
+reads answers with ElementTree (no DTDs, bounded size). ``ClockBracket`` is the sans-IO part
+that turns whole-second clock readings into a sub-second offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import math
+import os
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from xml.sax.saxutils import escape
+
+import aiohttp
+
+from nvr.clock import Clock
+from nvr.errors import CameraAuthError, CameraConnectError, CameraProtocolError
+
+NS = {
+    "s": "http://www.w3.org/2003/05/soap-envelope",
+    "tds": "http://www.onvif.org/ver10/device/wsdl",
+    "trt": "http://www.onvif.org/ver10/media/wsdl",
+    "tr2": "http://www.onvif.org/ver20/media/wsdl",
+    "tt": "http://www.onvif.org/ver10/schema",
+}
+_WSS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-"
+_WSSE = _WSS + "wssecurity-secext-1.0.xsd"
+_WSU = _WSS + "wssecurity-utility-1.0.xsd"
+_PASSWORD_DIGEST = _WSS + "username-token-profile-1.0#PasswordDigest"
+_BASE64 = _WSS + "soap-message-security-1.0#Base64Binary"
+_CONTENT_TYPE = "application/soap+xml; charset=utf-8"
+MAX_REPLY_BYTES = 4 * 1024 * 1024  # a big encoder's profile list is ~100 kB
+SECOND_NS = 1_000_000_000
+
+
+def iso_z(wall_ns: int) -> str:
+    """UTC in the ``2026-01-01T00:00:00Z`` form WS-Security and cameras agree on."""
+    return dt.datetime.fromtimestamp(wall_ns // SECOND_NS, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def envelope(body: str, header: str = "") -> bytes:
+    ns = " ".join(f'xmlns:{p}="{u}"' for p, u in NS.items())
+    head = f"<s:Header>{header}</s:Header>" if header else ""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>'
+        f"<s:Envelope {ns}>{head}<s:Body>{body}</s:Body></s:Envelope>"
+    ).encode()
+
+
+def username_token(username: str, password: str, created_ns: int, nonce: bytes) -> str:
+    """WS-Security UsernameToken with PasswordDigest = Base64(SHA-1(nonce + created + password))."""
+    created = iso_z(created_ns)
+    digest = base64.b64encode(hashlib.sha1(nonce + created.encode() + password.encode()).digest())
+    return (
+        f'<wsse:Security xmlns:wsse="{_WSSE}" xmlns:wsu="{_WSU}"><wsse:UsernameToken>'
+        f"<wsse:Username>{escape(username)}</wsse:Username>"
+        f'<wsse:Password Type="{_PASSWORD_DIGEST}">{digest.decode()}</wsse:Password>'
+        f'<wsse:Nonce EncodingType="{_BASE64}">{base64.b64encode(nonce).decode()}</wsse:Nonce>'
+        f"<wsu:Created>{created}</wsu:Created></wsse:UsernameToken></wsse:Security>"
+    )
+
+
+@dataclass(slots=True)
+class Login:
+    username: str
+    password: str
+    offset_ns: int  # the device's clock minus ours: added to the token's Created time
+
+
+def parse_reply(where: str, op: str, status: int, content: bytes) -> ET.Element:
+    """The first element of a SOAP 1.2 Body, or the CameraError the answer amounts to."""
+    if status in (401, 403) and b"NotAuthorized" not in content:
+        raise CameraAuthError(f"{where} rejected the credentials ({op}: HTTP {status})")
+    if b"<!DOCTYPE" in content or b"<!ENTITY" in content:
+        raise CameraProtocolError(f"{where} answered {op} with a DTD; refused")
+    try:
+        root = ET.fromstring(content)
+    except ET.ParseError as exc:
+        raise CameraProtocolError(
+            f"{where} answered {op} with HTTP {status} and no SOAP XML: {content[:80]!r}"
+        ) from exc
+    body = root.find("s:Body", NS)
+    if root.tag != f"{{{NS['s']}}}Envelope" or body is None:
+        raise CameraProtocolError(f"{where} answered {op} without a SOAP 1.2 envelope")
+    fault = body.find("s:Fault", NS)
+    if fault is not None:
+        codes = [v.text or "" for v in fault.iter(f"{{{NS['s']}}}Value")]
+        reason = " ".join((fault.findtext("s:Reason/s:Text", "", NS) or "").split())[:200]
+        if status in (401, 403) or any(c.endswith("NotAuthorized") for c in codes):
+            raise CameraAuthError(f"{where} rejected the credentials ({op}: {reason})")
+        raise CameraProtocolError(
+            f"{where} answered {op} with a SOAP fault: {reason} ({', '.join(codes)})"
+        )
+    if status != 200 or len(body) == 0:
+        raise CameraProtocolError(f"{where} answered {op} with HTTP {status} and no result")
+    return body[0]
+
+
+class SoapClient:
+    """POST SOAP 1.2 requests to one device; every failure becomes a CameraError."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, device_url: str, timeout_s: float, clock: Clock
+    ) -> None:
+        self.session = session
+        self.device_url = device_url
+        self.where = f"ONVIF device {device_url}"
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self.login: Login | None = None
+
+    async def call(self, url: str, op: str, body: str, *, auth: bool = True) -> ET.Element:
+        header = ""
+        if auth and self.login is not None:
+            created_ns = self.clock.wall_ns() + self.login.offset_ns
+            header = username_token(
+                self.login.username, self.login.password, created_ns, os.urandom(16)
+            )
+        content = bytearray()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self.session.post(
+                    url, data=envelope(body, header), headers={"Content-Type": _CONTENT_TYPE}
+                ) as resp:
+                    status = resp.status
+                    async for chunk in resp.content.iter_chunked(65536):
+                        content += chunk
+                        if len(content) > MAX_REPLY_BYTES:
+                            raise CameraProtocolError(
+                                f"{self.where} sent over {MAX_REPLY_BYTES} bytes for {op}"
+                            )
+        except TimeoutError as exc:
+            raise CameraConnectError(
+                f"{self.where} did not answer {op} within {self.timeout_s:g} s"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise CameraConnectError(
+                f"{self.where} unreachable ({op}): {type(exc).__name__}: {exc}"
+            ) from exc
+        return parse_reply(self.where, op, status, bytes(content))
+
+
+# ---- small readers for ElementTree answers ---------------------------------------------------
+
+
+def text(el: ET.Element | None, path: str) -> str | None:
+    found = None if el is None else el.find(path, NS)
+    if found is None or found.text is None:
+        return None
+    return found.text.strip()
+
+
+def positive_int(value: object) -> int | None:
+    number = positive_float(value)
+    return None if number is None else int(number)
+
+
+def positive_float(value: object) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None  # anything else (str, int, Decimal) is read through its text
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+# ---- the device's clock ---------------------------------------------------------------------
+
+
+def _date_time_ns(el: ET.Element, where: str) -> int:
+    fields = [
+        text(el, f"tt:{p}")
+        for p in ("Date/tt:Year", "Date/tt:Month", "Date/tt:Day",
+                  "Time/tt:Hour", "Time/tt:Minute", "Time/tt:Second")
+    ]  # fmt: skip
+    try:
+        y, mo, d, h, mi, s = (int(f or "") for f in fields)
+        day = dt.datetime(y, mo, d, tzinfo=dt.UTC)
+    except ValueError as exc:
+        raise CameraProtocolError(f"{where} sent an impossible date/time {fields}") from exc
+    if not (0 <= h <= 24 and 0 <= mi <= 59 and 0 <= s <= 60):
+        raise CameraProtocolError(f"{where} sent an impossible time of day {fields}")
+    # Added as seconds, so a leap second (ss = 60) does not make the reading fail.
+    return (int(day.timestamp()) + h * 3600 + mi * 60 + s) * SECOND_NS
+
+
+_POSIX_TZ = re.compile(
+    r"^(?:<[^>]*>|[A-Za-z]{3,})(?P<sign>[+-]?)(?P<h>\d{1,2})(?::(?P<m>\d{1,2}))?(?::\d{1,2})?"
+    r"(?P<dst>(?:<[^>]*>|[A-Za-z]{3,})(?P<dsign>[+-]?)(?P<dh>\d{1,2})?(?::(?P<dm>\d{1,2}))?)?"
+)
+
+
+def posix_tz_west_ns(tz: str, daylight: bool) -> int:
+    """How far behind UTC a POSIX TZ string puts local time (``CET-1CEST`` -> -1 h).
+
+    Best effort, for devices that give only their local time: an unreadable zone counts as UTC.
+    """
+    m = _POSIX_TZ.match(tz.strip())
+    if m is None:
+        return 0
+    west_s = int(m["h"]) * 3600 + int(m["m"] or 0) * 60
+    west_s = -west_s if m["sign"] == "-" else west_s
+    if daylight and m["dst"]:
+        if m["dh"] is not None:
+            dst_s = int(m["dh"]) * 3600 + int(m["dm"] or 0) * 60
+            west_s = -dst_s if m["dsign"] == "-" else dst_s
+        else:
+            west_s -= 3600  # the POSIX default: summer time is an hour ahead
+    return west_s * SECOND_NS
+
+
+def device_utc_floor_ns(resp: ET.Element, where: str) -> int:
+    """The device's UTC time (whole seconds) from a GetSystemDateAndTimeResponse."""
+    sdt = resp.find("tds:SystemDateAndTime", NS)
+    if sdt is None:
+        raise CameraProtocolError(f"{where} sent no SystemDateAndTime")
+    utc = sdt.find("tt:UTCDateTime", NS)
+    if utc is not None:
+        return _date_time_ns(utc, where)
+    local = sdt.find("tt:LocalDateTime", NS)
+    if local is None:
+        raise CameraProtocolError(f"{where} sent neither UTCDateTime nor LocalDateTime")
+    daylight = (text(sdt, "tt:DaylightSavings") or "").lower() == "true"
+    tz = text(sdt, "tt:TimeZone/tt:TZ") or ""
+    return _date_time_ns(local, where) + posix_tz_west_ns(tz, daylight)
+
+
+class ClockBracket:
+    """Bounds on a device clock's offset from readings that tell whole seconds only.
+
+    A device reading ``F`` (seconds, floored) answered between our wall times ``send`` and
+    ``recv`` proves ``F - recv <= offset < F + 1 s - send``. ``delay_ns`` says when to send the
+    next request so that, were the offset the middle of the bounds, the device's seconds would
+    tick over just as it reads its clock: whichever second it reports halves the bounds.
+    """
+
+    def __init__(self, device_floor_ns: int, send_ns: int, recv_ns: int) -> None:
+        self.lo_ns = device_floor_ns - recv_ns
+        self.hi_ns = device_floor_ns + SECOND_NS - send_ns
+        self.round_trip_ns = recv_ns - send_ns
+        self.last_mid_ns = (send_ns + recv_ns) // 2
+
+    @property
+    def width_ns(self) -> int:
+        return self.hi_ns - self.lo_ns
+
+    @property
+    def offset_ns(self) -> int:
+        return (self.lo_ns + self.hi_ns) // 2
+
+    def delay_ns(self, now_ns: int) -> int:
+        return (-(now_ns + self.round_trip_ns // 2 + self.offset_ns)) % SECOND_NS
+
+    def add(self, device_floor_ns: int, send_ns: int, recv_ns: int) -> bool:
+        """Narrow the bounds; False (and nothing changed) when the reading contradicts them."""
+        lo = max(self.lo_ns, device_floor_ns - recv_ns)
+        hi = min(self.hi_ns, device_floor_ns + SECOND_NS - send_ns)
+        if lo > hi:
+            return False  # the device's clock stepped, or it answered from a stale clock
+        self.lo_ns, self.hi_ns = lo, hi
+        self.round_trip_ns = min(self.round_trip_ns, recv_ns - send_ns)
+        self.last_mid_ns = (send_ns + recv_ns) // 2
+        return True

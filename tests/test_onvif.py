@@ -1,0 +1,394 @@
+"""ONVIF device read-out against the project's test device over real loopback HTTP.
+
+The device (tests/support/onvif_device.py) checks WS-Security digests against its own clock,
+reports a LAN address (192.168.1.64) in every URI it hands out, and shows its H.265 profile
+through Media2 only, as many cameras do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from nvr.clock import SimulatedClock, SystemClock
+from nvr.errors import CameraAuthError, CameraConnectError, CameraProtocolError
+from nvr.ingest.onvif import (
+    MediaProfile,
+    _rewrite_xaddr,
+    pick_profile,
+    read_clock,
+    read_device,
+    rewrite_private_host,
+)
+from nvr.ingest.onvif_soap import Login, SoapClient
+from support.fakecam import FakeCam
+from support.onvif_device import AuthFailure, Identity, OnvifTestDevice, default_profiles
+from support.recording import (
+    camera_toml,
+    ffprobe_errors,
+    ffprobe_streams,
+    make_config,
+    record_until,
+)
+
+PASSWORD = "hunter2:Secret/%"  # distinctive, so a leak in a message would be found
+IDENTITY = Identity(
+    manufacturer="Acme Optics", model="AC-2000", firmware="V5.7.3 build 250101",
+    serial="AC2000-0042-7731", hardware_id="88", mac="44-19-B6-0A-0B-0C",
+)  # fmt: skip
+RTSP = "rtsp://127.0.0.1:8554"  # for tests that never open the streams
+CLOCK = SystemClock()
+
+MakeDevice = Callable[..., Awaitable[OnvifTestDevice]]
+
+
+@pytest.fixture
+async def make_device() -> AsyncIterator[MakeDevice]:
+    started: list[OnvifTestDevice] = []
+
+    async def make(**kwargs: object) -> OnvifTestDevice:
+        kwargs.setdefault("identity", IDENTITY)
+        kwargs.setdefault("password", PASSWORD)
+        kwargs.setdefault(
+            "profiles", default_profiles(f"{RTSP}/file/h264", f"{RTSP}/file/h265", f"{RTSP}/sub")
+        )
+        dev = OnvifTestDevice(**kwargs)  # type: ignore[arg-type]  # test-chosen fields
+        await dev.start()
+        started.append(dev)
+        return dev
+
+    yield make
+    for dev in started:
+        await dev.stop()
+
+
+def _plain(value: object) -> bool:
+    """Only str/int/float/bool/None, tuples and our dataclasses: no zeep objects leak out."""
+    if dataclasses.is_dataclass(value):
+        return all(_plain(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, tuple):
+        return all(_plain(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool)
+
+
+async def test_read_device_reports_identity_clock_and_profiles(
+    make_device: MakeDevice,
+) -> None:
+    dev = await make_device(clock_offset_s=5.0)
+    readout = await read_device(dev.url, "admin", PASSWORD, clock=CLOCK)
+
+    assert readout.url == dev.url
+    assert _plain(readout)
+    ident = readout.identity
+    assert (ident.manufacturer, ident.model, ident.firmware, ident.serial, ident.hardware_id) == (
+        "Acme Optics", "AC-2000", "V5.7.3 build 250101", "AC2000-0042-7731", "88",
+    )  # fmt: skip
+    assert ident.mac == "44:19:b6:0a:0b:0c"  # the enabled eth0, not the disabled wlan0 before it
+
+    assert readout.clock is not None
+    assert abs(readout.clock.offset_ns - 5_000_000_000) < 200_000_000, readout.clock
+    assert 0 < readout.clock.round_trip_ns < 1_000_000_000
+    assert abs(readout.clock.device_utc_ns - (time.time_ns() + 5_000_000_000)) < 1_000_000_000
+
+    assert readout.media2
+    by_token = {p.token: p for p in readout.profiles}
+    assert list(by_token) == ["Profile_1", "Profile_2", "Profile_3"]
+    main, sub, hevc = by_token["Profile_1"], by_token["Profile_2"], by_token["Profile_3"]
+    assert (main.codec, main.width, main.height, main.fps, main.bitrate_kbps, main.via_media2) == (
+        "h264", 1920, 1080, 25.0, 4096, False,
+    )  # fmt: skip
+    assert (sub.codec, sub.width, sub.height, sub.fps, sub.bitrate_kbps) == (
+        "h264", 640, 360, 15.0, 512,
+    )  # fmt: skip
+    assert (hevc.codec, hevc.width, hevc.height, hevc.via_media2) == ("h265", 1920, 1080, True)
+    # The device said 192.168.1.64 everywhere; we reached it at 127.0.0.1.
+    assert main.stream_uri == f"{RTSP}/file/h264"
+    assert hevc.stream_uri == f"{RTSP}/file/h265"
+    assert sub.stream_uri == f"{RTSP}/sub"
+    for p in readout.profiles:
+        assert p.snapshot_uri == f"http://127.0.0.1:{dev.port}/onvif/snapshot?token={p.token}"
+    assert "192.168.1.64" not in repr(readout)
+
+    # The clock is asked first (it needs no login); Media before Media2.
+    ops = dev.operations
+    first_login = ops.index("GetDeviceInformation")
+    assert set(ops[:first_login]) == {"GetSystemDateAndTime"}
+    assert ops[first_login:first_login + 3] == [
+        "GetDeviceInformation", "GetNetworkInterfaces", "GetServices",
+    ]  # fmt: skip
+
+
+async def test_snapshot_uri_answers(make_device: MakeDevice) -> None:
+    dev = await make_device()
+    readout = await read_device(dev.url, "admin", PASSWORD, clock=CLOCK, refine_clock_steps=0)
+    uri = readout.profiles[0].snapshot_uri
+    assert uri is not None
+    async with aiohttp.ClientSession() as session, session.get(uri) as resp:
+        assert resp.status == 200
+        assert (await resp.read()).startswith(b"\xff\xd8")
+
+
+async def test_clock_three_hours_off_still_authenticates(
+    make_device: MakeDevice,
+) -> None:
+    offset_s = 3 * 3600 + 0.37
+    dev = await make_device(clock_offset_s=offset_s)
+
+    # The device does check: a digest stamped with our own clock is refused.
+    async with aiohttp.ClientSession() as session:
+        soap = SoapClient(session, dev.url, 5.0, CLOCK)
+        soap.login = Login("admin", PASSWORD, offset_ns=0)
+        with pytest.raises(CameraAuthError):
+            await soap.call(dev.url, "GetDeviceInformation", "<tds:GetDeviceInformation/>")
+
+    readout = await read_device(dev.url, "admin", PASSWORD, clock=CLOCK)
+    assert readout.clock is not None
+    assert abs(readout.clock.offset_ns - offset_s * 1e9) < 200_000_000, readout.clock
+    assert readout.identity.serial == IDENTITY.serial  # through onvif-zeep-async (dt_diff)
+    assert any(p.via_media2 for p in readout.profiles)  # through our Media2 client
+
+
+async def test_read_clock_needs_no_login(make_device: MakeDevice) -> None:
+    dev = await make_device(clock_offset_s=-2.5)
+    reading = await read_clock(dev.url, timeout_s=5.0, clock=CLOCK)
+    assert abs(reading.offset_ns + 2_500_000_000) < 200_000_000, reading
+    assert set(dev.operations) == {"GetSystemDateAndTime"}
+    # One reading alone is good to half a second (plus the round trip).
+    rough = await read_clock(dev.url, timeout_s=5.0, clock=CLOCK, refine_steps=0)
+    assert abs(rough.offset_ns + 2_500_000_000) < 600_000_000, rough
+
+
+async def test_a_simulated_clock_does_not_hang_the_reading(make_device: MakeDevice) -> None:
+    """The timed re-readings wait in real time; offsets are against whatever clock is given."""
+    dev = await make_device(clock_offset_s=1.0)
+    sim = SimulatedClock()
+    reading = await read_clock(dev.url, timeout_s=5.0, clock=sim)
+    expected_ns = time.time_ns() + 1_000_000_000 - sim.wall_ns()
+    assert abs(reading.offset_ns - expected_ns) < 2_000_000_000
+
+
+@pytest.mark.parametrize("failure", ["fault400", "fault401", "http401"])
+async def test_wrong_password_is_a_clear_auth_error(
+    make_device: MakeDevice, failure: AuthFailure
+) -> None:
+    dev = await make_device(auth_failure=failure)
+    with pytest.raises(CameraAuthError) as info:
+        await read_device(dev.url, "admin", "wrong-" + PASSWORD, clock=CLOCK, refine_clock_steps=0)
+    message = str(info.value)
+    assert dev.url in message
+    assert "rejected the credentials" in message
+    assert PASSWORD not in message and "wrong-" not in message
+    assert "Traceback" not in message and "\n" not in message
+
+
+async def test_device_down_is_a_connect_error(make_device: MakeDevice) -> None:
+    dev = await make_device()
+    url = dev.url
+    await dev.stop()
+    with pytest.raises(CameraConnectError) as info:
+        await read_device(url, "admin", PASSWORD, clock=CLOCK)
+    assert url in str(info.value)
+
+
+async def test_device_that_never_answers_times_out() -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accept, read nothing back, never answer
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/onvif/device_service"
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(CameraConnectError, match="did not answer"):
+            await read_device(url, "admin", PASSWORD, timeout_s=0.3, clock=CLOCK)
+        assert time.monotonic() - t0 < 3
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_huge_answer_is_refused() -> None:
+    async def huge(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(body=b"<x>" + b"A" * (6 * 1024 * 1024) + b"</x>")
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/onvif/device_service", huge)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        with pytest.raises(CameraProtocolError, match="bytes"):
+            await read_clock(f"http://127.0.0.1:{port}", timeout_s=5.0, clock=CLOCK)
+    finally:
+        await runner.cleanup()
+
+
+async def test_device_moved_to_another_port(make_device: MakeDevice) -> None:
+    dev = await make_device()
+    before = await read_device(dev.url, "admin", PASSWORD, clock=CLOCK, refine_clock_steps=0)
+    old_url = dev.url
+    new_url = await dev.restart()
+    assert new_url != old_url
+    with pytest.raises(CameraConnectError):
+        await read_device(old_url, "admin", PASSWORD, clock=CLOCK, refine_clock_steps=0)
+    after = await read_device(
+        f"http://127.0.0.1:{dev.port}", "admin", PASSWORD, clock=CLOCK, refine_clock_steps=0
+    )  # a bare host:port is completed to the device service
+    assert after.url == new_url
+    assert after.identity == before.identity
+    assert all(f":{dev.port}/" in (p.snapshot_uri or "") for p in after.profiles)
+
+
+async def test_old_device_without_get_services_or_media2(
+    make_device: MakeDevice,
+) -> None:
+    dev = await make_device(get_services=False, media2=False)
+    readout = await read_device(dev.url, "admin", PASSWORD, clock=CLOCK, refine_clock_steps=0)
+    assert "GetCapabilities" in dev.operations
+    assert not readout.media2
+    assert [p.token for p in readout.profiles] == ["Profile_1", "Profile_2"]
+    assert all(p.stream_uri and p.stream_uri.startswith(RTSP) for p in readout.profiles)
+
+
+# ---- the stream URIs record ------------------------------------------------------------------
+
+
+@pytest.mark.rtsp
+@pytest.mark.parametrize(("want", "codec"), [("main", "h264"), ("Profile_3", "hevc")])
+async def test_resolved_stream_records(
+    make_device: MakeDevice, cam_none: FakeCam, tmp_path: Path, want: str, codec: str
+) -> None:
+    profiles = default_profiles(
+        cam_none.url("/file/h264"), cam_none.url("/file/h265"), cam_none.url("/live/h264")
+    )
+    dev = await make_device(profiles=profiles)
+    readout = await read_device(dev.url, "admin", PASSWORD, clock=CLOCK, refine_clock_steps=0)
+    profile = pick_profile(readout.profiles, want)
+    assert profile.stream_uri is not None and profile.stream_uri.startswith("rtsp://127.0.0.1:")
+
+    cfg = make_config(tmp_path, camera_toml("cam", profile.stream_uri))
+    _, reader = await record_until(
+        cfg, "2 closed segments", lambda r: len(r.segments("cam", "closed")) >= 2
+    )
+    segments = reader.segments("cam")
+    assert len(segments) >= 2 and all(s.state == "closed" for s in segments), segments
+    for seg in segments:
+        path = tmp_path / seg.path
+        assert ffprobe_errors(path) == "", seg.path
+        assert [s["codec_name"] for s in ffprobe_streams(path)] == [codec]
+
+
+# ---- pure functions ----------------------------------------------------------------------------
+
+
+def _profile(
+    token: str,
+    w: int | None,
+    h: int | None,
+    codec: str = "h264",
+    *,
+    uri: bool = True,
+    media2: bool = False,
+) -> MediaProfile:
+    return MediaProfile(
+        token=token, name=token, codec=codec, width=w, height=h, fps=25.0, bitrate_kbps=1000,
+        stream_uri=f"rtsp://10.0.0.1/{token}" if uri else None, snapshot_uri=None,
+        via_media2=media2,
+    )  # fmt: skip
+
+
+PROFILES = [
+    _profile("Profile_1", 1920, 1080),
+    _profile("Profile_2", 640, 360),
+    _profile("Profile_3", 1920, 1080, "h265", media2=True),
+    _profile("Profile_4", 3840, 2160, uri=False),  # no stream URI: not chosen for main
+    _profile("Profile_5", None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("want", "token"),
+    [("main", "Profile_1"), ("sub", "Profile_2"), ("Profile_3", "Profile_3"),
+     ("Profile_4", "Profile_4")],
+)  # fmt: skip
+def test_pick_profile(want: str, token: str) -> None:
+    assert pick_profile(PROFILES, want).token == token
+
+
+def test_pick_profile_names_the_choices() -> None:
+    with pytest.raises(CameraProtocolError) as info:
+        pick_profile(PROFILES, "Profile_9")
+    message = str(info.value)
+    assert "'Profile_9'" in message and "'main', 'sub'" in message
+    assert "Profile_1 (h264 1920x1080)" in message and "Profile_5 (h264 ?x?)" in message
+    with pytest.raises(CameraProtocolError, match="no profiles"):
+        pick_profile([], "main")
+    with pytest.raises(CameraProtocolError):
+        pick_profile([_profile("p", 1, 1, uri=False)], "sub")
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("rtsp://192.168.1.64:554/Streaming/Channels/101", "rtsp://203.0.113.9:554/Streaming/Channels/101"),
+        ("rtsp://10.1.2.3/live?channel=1&subtype=0", "rtsp://203.0.113.9/live?channel=1&subtype=0"),
+        ("rtsp://172.16.0.1:8554/a", "rtsp://203.0.113.9:8554/a"),
+        ("rtsp://172.31.255.254/a", "rtsp://203.0.113.9/a"),
+        ("rtsp://127.0.0.1:554/a", "rtsp://203.0.113.9:554/a"),
+        ("rtsp://169.254.10.20/a", "rtsp://203.0.113.9/a"),
+        ("rtsp://0.0.0.0:554/a", "rtsp://203.0.113.9:554/a"),
+        ("rtsp://[fe80::1]:554/a", "rtsp://203.0.113.9:554/a"),
+        ("rtsp://[fd12:3456::5]/a", "rtsp://203.0.113.9/a"),
+        ("rtsp://[::1]:8554/a", "rtsp://203.0.113.9:8554/a"),
+        ("rtsp://user:p%40ss@192.168.0.9:554/a", "rtsp://user:p%40ss@203.0.113.9:554/a"),
+        ("http://192.168.1.64/onvif/snapshot", "http://203.0.113.9/onvif/snapshot"),
+        # left alone: public addresses, the space next to RFC 1918, names, garbage
+        ("rtsp://8.8.8.8:554/a", "rtsp://8.8.8.8:554/a"),
+        ("rtsp://172.32.0.1/a", "rtsp://172.32.0.1/a"),
+        ("rtsp://192.169.1.1/a", "rtsp://192.169.1.1/a"),
+        ("rtsp://camera.example.org:554/a", "rtsp://camera.example.org:554/a"),
+        ("rtsp://[2001:db8::1]:554/a", "rtsp://[2001:db8::1]:554/a"),
+        ("not a uri", "not a uri"),
+    ],
+)  # fmt: skip
+def test_rewrite_private_host(uri: str, expected: str) -> None:
+    assert rewrite_private_host(uri, "203.0.113.9") == expected
+
+
+def test_service_xaddrs_follow_the_port_we_reached() -> None:
+    """SOAP services share the device's one HTTP port: behind a port forward, so must we."""
+    reached = "http://203.0.113.9:8080/onvif/device_service"
+    assert _rewrite_xaddr("http://192.168.1.64/onvif/Media", reached) == (
+        "http://203.0.113.9:8080/onvif/Media"
+    )
+    assert _rewrite_xaddr("http://198.51.100.7/onvif/Media", reached) == (
+        "http://198.51.100.7/onvif/Media"
+    )
+    lan = "http://192.168.1.64:80/onvif/device_service"  # on the LAN: left as the device says
+    assert _rewrite_xaddr("http://192.168.1.64:8000/onvif/Media", lan) == (
+        "http://192.168.1.64:8000/onvif/Media"
+    )
+
+
+def test_rewrite_private_host_to_ipv6_and_names() -> None:
+    assert rewrite_private_host("rtsp://192.168.1.64:554/a", "2001:db8::7") == (
+        "rtsp://[2001:db8::7]:554/a"
+    )
+    assert (
+        rewrite_private_host("rtsp://192.168.1.64/a", "[2001:db8::7]") == "rtsp://[2001:db8::7]/a"
+    )
+    assert rewrite_private_host("rtsp://192.168.1.64/a", "cam.example.org") == (
+        "rtsp://cam.example.org/a"
+    )
