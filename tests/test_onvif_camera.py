@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from conftest import CAM_PASSWORD, CAM_USER
+from nvr.app import App
 from support.fakecam import FakeCam
 from support.onvif_device import Identity, OnvifTestDevice, default_profiles
 from support.recording import IndexReader, ffprobe_errors, make_config, poll
 from support.wsd_responder import WsdResponder
-
-from nvr.app import App
 
 pytestmark = pytest.mark.rtsp
 
