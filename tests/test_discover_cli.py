@@ -26,7 +26,7 @@ async def device() -> AsyncIterator[tuple[OnvifTestDevice, int]]:
         username="admin",
         password=PASSWORD,
         profiles=default_profiles("rtsp://127.0.0.1:554/main", "rtsp://127.0.0.1:554/hevc",
-                                  "rtsp://127.0.0.1:554/sub"),  # fmt: skip
+                                  "rtsp://127.0.0.1:554/sub"),
         clock_offset_s=-4.0,
     )
     url = await dev.start()
