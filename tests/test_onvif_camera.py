@@ -119,3 +119,28 @@ async def test_a_moved_device_is_found_again_and_recording_resumes(
     first, second = reader.runs("gate")[:2]
     assert first.end_reason == "error" and "moved" in (first.end_detail or "")
     assert first.end_90k is not None and second.start_90k >= first.end_90k
+
+
+async def test_repeated_rtsp_failures_ask_the_device_again(
+    cam_digest: FakeCam, tmp_path: Path
+) -> None:
+    dead = "rtsp://127.0.0.1:9/dead"  # nothing listens: every session fails to connect
+    dev = OnvifTestDevice(username=CAM_USER, password=CAM_PASSWORD,
+                          profiles=default_profiles(dead, dead, dead))  # fmt: skip
+    await dev.start()
+    try:
+        cfg = make_config(tmp_path, onvif_camera_toml(dev.url))
+        reader = IndexReader(cfg.storage.index_path)
+        app = App(cfg)
+        await app.start(serve_api=False)
+        try:
+            await poll("three failed sessions", lambda: app.statuses()[0].failures >= 3)
+            asked = dev.operations.count("GetStreamUri")
+            # The camera's stream moves (a firmware update, a new port): the device says so.
+            dev.profiles = default_profiles(cam_digest.url("/file/h264"), dead, dead)
+            await poll("recording from the new stream URI", lambda: _closed_in_run(reader, 0))
+        finally:
+            await app.stop()
+    finally:
+        await dev.stop()
+    assert dev.operations.count("GetStreamUri") > asked
