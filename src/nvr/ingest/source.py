@@ -143,6 +143,9 @@ class OnvifSource:
                         f"camera moved from {old} to {self.device_url}"
                     ) from None
                 continue
+            except CameraError as exc:  # answering, but oddly: keep recording, say so
+                log.warning("camera=%s ONVIF clock check failed: %s", self.cfg.id, exc)
+                continue
             self._clock_offset_ns = reading.offset_ns
 
     async def _resolve(self) -> None:
