@@ -1,10 +1,9 @@
-"""A small SOAP 1.2 client for what onvif-zeep-async cannot do, and the device-clock arithmetic.
+"""A small SOAP 1.2 client for what onvif-zeep-async cannot do.
 
 onvif-zeep-async always signs requests with WS-Security (so ``GetSystemDateAndTime``, which
 needs no login, cannot be asked plainly) and ships no Media2 (ver20) WSDL. This module posts
 hand-written envelopes with aiohttp, stamps the UsernameToken with the device's clock, and
-reads answers with ElementTree (no DTDs, bounded size). ``ClockBracket`` is the sans-IO part
-that turns whole-second clock readings into a sub-second offset.
+reads answers of bounded size into ElementTree through ``safe_xml`` (no DTDs, no entities).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import datetime as dt
 import hashlib
 import math
 import os
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
@@ -24,6 +22,7 @@ import aiohttp
 
 from nvr.clock import Clock
 from nvr.errors import CameraAuthError, CameraConnectError, CameraProtocolError
+from nvr.ingest.safe_xml import XmlError, XmlRefused, parse
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -80,11 +79,11 @@ def parse_reply(where: str, op: str, status: int, content: bytes) -> ET.Element:
     """The first element of a SOAP 1.2 Body, or the CameraError the answer amounts to."""
     if status in (401, 403) and b"NotAuthorized" not in content:
         raise CameraAuthError(f"{where} rejected the credentials ({op}: HTTP {status})")
-    if b"<!DOCTYPE" in content or b"<!ENTITY" in content:
-        raise CameraProtocolError(f"{where} answered {op} with a DTD; refused")
     try:
-        root = ET.fromstring(content)
-    except ET.ParseError as exc:
+        root = parse(content, dialect="ONVIF SOAP").root
+    except XmlRefused as exc:
+        raise CameraProtocolError(f"{where} answered {op} with a DTD; refused") from exc
+    except XmlError as exc:
         raise CameraProtocolError(
             f"{where} answered {op} with HTTP {status} and no SOAP XML: {content[:80]!r}"
         ) from exc
@@ -172,102 +171,3 @@ def positive_float(value: object) -> float | None:
     except ValueError:
         return None
     return number if math.isfinite(number) and number > 0 else None
-
-
-# ---- the device's clock ---------------------------------------------------------------------
-
-
-def _date_time_ns(el: ET.Element, where: str) -> int:
-    fields = [
-        text(el, f"tt:{p}")
-        for p in ("Date/tt:Year", "Date/tt:Month", "Date/tt:Day",
-                  "Time/tt:Hour", "Time/tt:Minute", "Time/tt:Second")
-    ]  # fmt: skip
-    try:
-        y, mo, d, h, mi, s = (int(f or "") for f in fields)
-        day = dt.datetime(y, mo, d, tzinfo=dt.UTC)
-    except ValueError as exc:
-        raise CameraProtocolError(f"{where} sent an impossible date/time {fields}") from exc
-    if not (0 <= h <= 24 and 0 <= mi <= 59 and 0 <= s <= 60):
-        raise CameraProtocolError(f"{where} sent an impossible time of day {fields}")
-    # Added as seconds, so a leap second (ss = 60) does not make the reading fail.
-    return (int(day.timestamp()) + h * 3600 + mi * 60 + s) * SECOND_NS
-
-
-_POSIX_TZ = re.compile(
-    r"^(?:<[^>]*>|[A-Za-z]{3,})(?P<sign>[+-]?)(?P<h>\d{1,2})(?::(?P<m>\d{1,2}))?(?::\d{1,2})?"
-    r"(?P<dst>(?:<[^>]*>|[A-Za-z]{3,})(?P<dsign>[+-]?)(?P<dh>\d{1,2})?(?::(?P<dm>\d{1,2}))?)?"
-)
-
-
-def posix_tz_west_ns(tz: str, daylight: bool) -> int:
-    """How far behind UTC a POSIX TZ string puts local time (``CET-1CEST`` -> -1 h).
-
-    Best effort, for devices that give only their local time: an unreadable zone counts as UTC.
-    """
-    m = _POSIX_TZ.match(tz.strip())
-    if m is None:
-        return 0
-    west_s = int(m["h"]) * 3600 + int(m["m"] or 0) * 60
-    west_s = -west_s if m["sign"] == "-" else west_s
-    if daylight and m["dst"]:
-        if m["dh"] is not None:
-            dst_s = int(m["dh"]) * 3600 + int(m["dm"] or 0) * 60
-            west_s = -dst_s if m["dsign"] == "-" else dst_s
-        else:
-            west_s -= 3600  # the POSIX default: summer time is an hour ahead
-    return west_s * SECOND_NS
-
-
-def device_utc_floor_ns(resp: ET.Element, where: str) -> int:
-    """The device's UTC time (whole seconds) from a GetSystemDateAndTimeResponse."""
-    sdt = resp.find("tds:SystemDateAndTime", NS)
-    if sdt is None:
-        raise CameraProtocolError(f"{where} sent no SystemDateAndTime")
-    utc = sdt.find("tt:UTCDateTime", NS)
-    if utc is not None:
-        return _date_time_ns(utc, where)
-    local = sdt.find("tt:LocalDateTime", NS)
-    if local is None:
-        raise CameraProtocolError(f"{where} sent neither UTCDateTime nor LocalDateTime")
-    daylight = (text(sdt, "tt:DaylightSavings") or "").lower() == "true"
-    tz = text(sdt, "tt:TimeZone/tt:TZ") or ""
-    return _date_time_ns(local, where) + posix_tz_west_ns(tz, daylight)
-
-
-class ClockBracket:
-    """Bounds on a device clock's offset from readings that tell whole seconds only.
-
-    A device reading ``F`` (seconds, floored) answered between our wall times ``send`` and
-    ``recv`` proves ``F - recv <= offset < F + 1 s - send``. ``delay_ns`` says when to send the
-    next request so that, were the offset the middle of the bounds, the device's seconds would
-    tick over just as it reads its clock: whichever second it reports halves the bounds.
-    """
-
-    def __init__(self, device_floor_ns: int, send_ns: int, recv_ns: int) -> None:
-        self.lo_ns = device_floor_ns - recv_ns
-        self.hi_ns = device_floor_ns + SECOND_NS - send_ns
-        self.round_trip_ns = recv_ns - send_ns
-        self.last_mid_ns = (send_ns + recv_ns) // 2
-
-    @property
-    def width_ns(self) -> int:
-        return self.hi_ns - self.lo_ns
-
-    @property
-    def offset_ns(self) -> int:
-        return (self.lo_ns + self.hi_ns) // 2
-
-    def delay_ns(self, now_ns: int) -> int:
-        return (-(now_ns + self.round_trip_ns // 2 + self.offset_ns)) % SECOND_NS
-
-    def add(self, device_floor_ns: int, send_ns: int, recv_ns: int) -> bool:
-        """Narrow the bounds; False (and nothing changed) when the reading contradicts them."""
-        lo = max(self.lo_ns, device_floor_ns - recv_ns)
-        hi = min(self.hi_ns, device_floor_ns + SECOND_NS - send_ns)
-        if lo > hi:
-            return False  # the device's clock stepped, or it answered from a stale clock
-        self.lo_ns, self.hi_ns = lo, hi
-        self.round_trip_ns = min(self.round_trip_ns, recv_ns - send_ns)
-        self.last_mid_ns = (send_ns + recv_ns) // 2
-        return True
