@@ -198,6 +198,18 @@ async def test_cidr_sweep_finds_exactly_the_devices_present(
     assert all(r.answers_sent >= 1 for r in responders.values())
 
 
+async def test_sweep_reports_progress_host_by_host(
+    loopback_devices: tuple[dict[int, WsdResponder], int],
+) -> None:
+    _, port = loopback_devices
+    seen: list[tuple[int, int, int]] = []
+    await probe(multicast=False, targets=[_with_port("127.0.0.0/29", port)], timeout_s=1.0,
+                on_progress=lambda *a: seen.append(a))  # fmt: skip
+    assert [done for done, _, _ in seen] == list(range(1, 7))  # .1 to .6, each once
+    assert {total for _, total, _ in seen} == {6}
+    assert seen[-1][2] == 3
+
+
 async def test_sweep_of_a_slash_24_takes_about_one_timeout(
     loopback_devices: tuple[dict[int, WsdResponder], int],
 ) -> None:

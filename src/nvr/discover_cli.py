@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,8 +50,9 @@ async def _discover(args: argparse.Namespace, password: str | None) -> list[Foun
     devices: dict[str, tuple[tuple[str, ...], str | None]] = {}
     if args.target or not (args.host or args.no_multicast):
         matches: tuple[ProbeMatch, ...] = await probe(
-            multicast=not args.no_multicast, targets=args.target, timeout_s=args.timeout
-        )
+            multicast=not args.no_multicast, targets=args.target, timeout_s=args.timeout,
+            on_progress=_Progress(),
+        )  # fmt: skip
         for m in matches:
             if m.preferred_xaddr:
                 devices[m.preferred_xaddr] = (m.sources, m.name)
@@ -72,6 +74,20 @@ async def _discover(args: argparse.Namespace, password: str | None) -> list[Foun
             return Found(url, sources, name, None, None, str(exc))
 
     return list(await asyncio.gather(*(one(u, s, n) for u, (s, n) in devices.items())))
+
+
+class _Progress:
+    """A line on stderr at most once a second during a long sweep (a /16 takes minutes)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+
+    def __call__(self, done: int, total: int, found: int) -> None:
+        now = time.monotonic()
+        if done == total or now - self._last >= 1.0:
+            self._last = now
+            if total >= 256:
+                print(f"probed {done}/{total} hosts, {found} answered", file=sys.stderr)
 
 
 def _slug(text: str) -> str:

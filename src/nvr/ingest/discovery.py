@@ -30,7 +30,7 @@ import re
 import socket
 import struct
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from nvr.errors import DiscoveryError
@@ -193,11 +193,13 @@ async def probe(
     rate_per_s: float = 500.0,
     port: int = WSD_PORT,
     interfaces: Sequence[str] | None = None,
+    on_progress: Callable[[int, int, int], None] | None = None,
 ) -> tuple[ProbeMatch, ...]:
     """Devices that answered, one entry each, in the order first heard.
 
     Returns after ``timeout_s`` for multicast, and once every unicast target has answered
-    or had its ``timeout_s``. Unusable datagrams are logged and skipped.
+    or had its ``timeout_s``. Unusable datagrams are logged and skipped. ``on_progress``
+    hears (unicast hosts done, hosts in all, devices found) as each unicast host finishes.
     """
     if not timeout_s > 0:
         raise DiscoveryError(f"discovery timeout must be positive, not {timeout_s!r}")
@@ -209,7 +211,8 @@ async def probe(
     chosen = _select_interfaces(interfaces) if multicast else []
     if multicast and not chosen:
         log.warning("no up, multicast-capable IPv4 interface: multicast probe skipped")
-    session = _Session(timeout_s=timeout_s, concurrency=concurrency, rate_per_s=rate_per_s)
+    session = _Session(timeout_s=timeout_s, concurrency=concurrency, rate_per_s=rate_per_s,
+                       on_progress=on_progress)  # fmt: skip
     resolved = await session.resolve(endpoints) if endpoints else []
     jobs = [session.multicast(iface, port) for iface in chosen]
     if resolved:
@@ -257,8 +260,18 @@ class _Receiver(asyncio.DatagramProtocol):
 
 
 class _Session:
-    def __init__(self, *, timeout_s: float, concurrency: int, rate_per_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        concurrency: int,
+        rate_per_s: float,
+        on_progress: Callable[[int, int, int], None] | None = None,
+    ) -> None:
         self.results = DiscoveryResults()
+        self._on_progress = on_progress
+        self._hosts_done = 0
+        self._hosts_total = 0
         self._timeout_s = timeout_s
         self._concurrency = concurrency
         self._pacer = _Pacer(rate_per_s)
@@ -348,6 +361,7 @@ class _Session:
             family=socket.AF_INET,
         )
         pending = iter(targets)
+        self._hosts_total = len(targets)
         try:
             workers = min(self._concurrency, len(targets))
             await asyncio.gather(
@@ -376,6 +390,9 @@ class _Session:
                     await asyncio.wait_for(target.answered.wait(), max(0.0, wait_s))
                 if target.answered.is_set():
                     break
+            self._hosts_done += 1
+            if self._on_progress is not None:
+                self._on_progress(self._hosts_done, self._hosts_total, len(self.results))
 
 
 def _is_ipv4(text: str) -> bool:
