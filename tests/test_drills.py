@@ -73,6 +73,7 @@ async def test_a_stall_ends_the_run_within_the_timeout_and_leaves_a_gap(
     first, second = reader.runs("cam")[:2]
     assert first.end_reason == "timeout", first
     assert first.end_detail is not None and "no video for" in first.end_detail
+    print(f"stall: run ended {ended_after_s:.2f} s after the stall began")
     # Noticed within the stall timeout (plus the watchdog's half-second tick and the index write).
     assert ended_after_s <= stall_timeout_s + 1.0, ended_after_s
     # The run's end is the last frame before the stall, so the gap covers the stall.

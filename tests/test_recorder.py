@@ -6,6 +6,7 @@ only the frames come from an encoded clip and the wall times from an injected cl
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 
@@ -157,3 +158,60 @@ async def test_packet_loss_leaves_a_gap_not_a_long_frame(tmp_path: Path, clip: C
     # Frame 29 keeps the usual duration; the 20 lost frames (0.8 s) are the gap.
     assert second.start_90k - first.end_90k == 20 * FRAME_90K
     assert sum(s.video_frames or 0 for s in reader.segments("cam")) == 80
+
+
+async def _recorder(tmp_path: Path, clock: SimulatedClock) -> tuple[Index, Recorder]:
+    index = await Index.open(tmp_path / "index.db", clock=clock)
+    await index.upsert_camera("cam", "test", "file")
+    rec = Recorder("cam", root=tmp_path, index=index, clock=clock, segment_seconds=SEGMENT_S,
+                   writer_queue_frames=1000)  # fmt: skip
+    rec.begin_session(None, "off")
+    return index, rec
+
+
+async def test_shutdown_in_the_middle_of_a_rotation_ends_the_run_where_recording_ended(
+    tmp_path: Path, clip: Clip
+) -> None:
+    clock = SimulatedClock()
+    index, rec = await _recorder(tmp_path, clock)
+    i = 0
+    while rec.stats().segments_closed == 0:
+        clock.advance(FRAME_NS)
+        nals, key = clip.units[i]
+        if key and i > 0 and rec.stats().frames >= 40:
+            # This keyframe rotates: stop the recorder while the old segment is being closed.
+            task = asyncio.create_task(rec.video(unit(clip, i, i * FRAME_90K), clock.monotonic_ns()))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            break
+        await rec.video(unit(clip, i, i * FRAME_90K), clock.monotonic_ns())
+        i += 1
+    await rec.end_run(RunEndReason.SHUTDOWN)
+    await rec.close()
+    await index.close()
+    reader = IndexReader(tmp_path / "index.db")
+    [run] = reader.runs("cam")
+    segments = reader.segments("cam")
+    assert all(s.state == "closed" for s in segments)
+    assert run.end_90k == segments[-1].end_90k and run.end_90k is not None
+    assert run.end_90k > run.start_90k
+
+
+async def test_rtcp_sender_report_stores_the_camera_clock_offset(tmp_path: Path, clip: Clip) -> None:
+    clock = SimulatedClock()
+    index, rec = await _recorder(tmp_path, clock)
+    for i in range(10):
+        clock.advance(FRAME_NS)
+        await rec.video(unit(clip, i, 1000 + i * FRAME_90K), clock.monotonic_ns())
+    # The camera says RTP time of frame 5 was at our wall time of frame 5, plus 7.25 s.
+    frame5_wall_ns = SimulatedClock().wall_ns() + 6 * FRAME_NS
+    await rec.sender_report(frame5_wall_ns + 7_250_000_000, 1000 + 5 * FRAME_90K)
+    await rec.sender_report(frame5_wall_ns, 1000 + 5 * FRAME_90K)  # only the first counts
+    await rec.end_run(RunEndReason.SHUTDOWN)
+    await rec.close()
+    await index.close()
+    [run] = IndexReader(tmp_path / "index.db").runs("cam")
+    assert run.clock_offset_ns is not None
+    assert abs(run.clock_offset_ns - 7_250_000_000) < 100_000

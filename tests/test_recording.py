@@ -51,9 +51,10 @@ def check_segments(
     runs = reader.runs(cam)
     assert len(runs) == 1, runs
     assert runs[0].end_reason == "shutdown"
-    # The camera's clock from its RTCP sender reports: GStreamer's is this machine's clock.
-    assert runs[0].clock_offset_ns is not None
-    assert abs(runs[0].clock_offset_ns) < 500_000_000, runs[0].clock_offset_ns
+    # The camera's clock from its RTCP sender reports (GStreamer's is this machine's clock),
+    # when one arrived during the few seconds recorded (the server sends one every ~5 s).
+    offset = runs[0].clock_offset_ns
+    assert offset is None or abs(offset) < 500_000_000, offset
     source_units = ts_video_units(source, codec)
     recorded: list[tuple[bytes, ...]] = []
     prev_end: int | None = None

@@ -14,6 +14,7 @@ thread creates the file; the row is closed only after the file is complete and f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,8 @@ class _Run:
     segment: _Segment | None = None
     last_duration_90k: int = 3600
     clock_offset_known: bool = False
+    end_90k: int | None = None  # wall end of the last segment closed
+    closing: asyncio.Task[tuple[int, StorageError | None]] | None = None  # a close under way
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +230,11 @@ class Recorder:
         self._run = None
         pending, self._pending = self._pending, None
         seg = run.segment
-        end_90k = run.timeline.start_90k
+        if run.closing is not None and not run.closing.done():
+            # Stopped in the middle of a rotation: let that close finish first.
+            with contextlib.suppress(Exception):
+                await run.closing
+        end_90k = run.end_90k if run.end_90k is not None else run.timeline.start_90k
         try:
             if seg is not None:
                 end_media = seg.media_start_90k
@@ -343,8 +350,16 @@ class Recorder:
 
         Returns the segment's wall end and, if the writer failed, its error: the file is then
         cut back to its whole fragments and closed with what they hold (or marked missing).
+        The close runs as its own task, shielded: a shutdown arriving in the middle of a
+        rotation waits for it (end_run) instead of leaving the row open.
         """
         run.segment = None
+        run.closing = asyncio.ensure_future(self._close_files_and_row(run, seg, times))
+        return await asyncio.shield(run.closing)
+
+    async def _close_files_and_row(
+        self, run: _Run, seg: _Segment, times: SegmentTimes
+    ) -> tuple[int, StorageError | None]:
         if not seg.done.done():
             self._writer.control(CloseSegment())
         try:
@@ -354,15 +369,18 @@ class Recorder:
             if recovered is None:
                 await self._index.mark_segment_missing(seg.id)
                 log.error("camera=%s segment %s lost: %s", self.camera_id, seg.rel_path, exc)
+                run.end_90k = times.start_90k
                 return times.start_90k, exc
             end_90k = times.start_90k + recovered.media_duration_90k
             await self._index.close_segment(seg.id, end_90k, recovered, start_90k=times.start_90k)
             log.error("camera=%s segment %s kept %d frames after a write error: %s",
                       self.camera_id, seg.rel_path, recovered.video_frames, exc)
+            run.end_90k = end_90k
             return end_90k, exc
         await self._index.close_segment(seg.id, times.end_90k, facts, start_90k=times.start_90k)
         self.segments_closed += 1
         self.bytes_closed += facts.size_bytes
+        run.end_90k = times.end_90k
         return times.end_90k, None
 
     def stats(self) -> RecorderStats:
