@@ -177,7 +177,7 @@ async def test_shutdown_in_the_middle_of_a_rotation_ends_the_run_where_recording
     i = 0
     while rec.stats().segments_closed == 0:
         clock.advance(FRAME_NS)
-        nals, key = clip.units[i]
+        key = clip.units[i][1]
         if key and i > 0 and rec.stats().frames >= 40:
             # This keyframe rotates: stop the recorder while the old segment is being closed.
             task = asyncio.create_task(rec.video(unit(clip, i, i * FRAME_90K), clock.monotonic_ns()))
