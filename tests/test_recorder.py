@@ -180,7 +180,8 @@ async def test_shutdown_in_the_middle_of_a_rotation_ends_the_run_where_recording
         key = clip.units[i][1]
         if key and i > 0 and rec.stats().frames >= 40:
             # This keyframe rotates: stop the recorder while the old segment is being closed.
-            task = asyncio.create_task(rec.video(unit(clip, i, i * FRAME_90K), clock.monotonic_ns()))
+            rotating = rec.video(unit(clip, i, i * FRAME_90K), clock.monotonic_ns())
+            task = asyncio.create_task(rotating)
             await asyncio.sleep(0)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -199,7 +200,9 @@ async def test_shutdown_in_the_middle_of_a_rotation_ends_the_run_where_recording
     assert run.end_90k > run.start_90k
 
 
-async def test_rtcp_sender_report_stores_the_camera_clock_offset(tmp_path: Path, clip: Clip) -> None:
+async def test_rtcp_sender_report_stores_the_camera_clock_offset(
+    tmp_path: Path, clip: Clip
+) -> None:
     clock = SimulatedClock()
     index, rec = await _recorder(tmp_path, clock)
     for i in range(10):
