@@ -9,7 +9,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -26,6 +26,16 @@ from nvr.redact import redact_url
 
 CAMERA_ID_RE = re.compile(r"^[a-z0-9-]+$")
 _SECRET_KEYS = {"password"}
+
+
+def _split_url(value: str) -> SplitResult:
+    """``urlsplit`` that also checks the port, with a message fit for a config error."""
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    return parts
 
 
 class _Model(BaseModel):
@@ -87,11 +97,7 @@ class CameraConfig(_Model):
     def _rtsp_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        try:
-            parts = urlsplit(value)
-            _ = parts.port
-        except ValueError as exc:
-            raise ValueError(f"not a valid URL ({exc})") from None
+        parts = _split_url(value)
         if parts.scheme not in ("rtsp", "rtsps"):
             raise ValueError("must start with rtsp://")
         if not parts.hostname:
@@ -103,11 +109,7 @@ class CameraConfig(_Model):
     def _onvif_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        try:
-            parts = urlsplit(value)
-            _ = parts.port
-        except ValueError as exc:
-            raise ValueError(f"not a valid URL ({exc})") from None
+        parts = _split_url(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be http://HOST[:PORT][/onvif/device_service]")
         if parts.username is not None or parts.password is not None:
