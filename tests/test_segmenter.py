@@ -35,6 +35,7 @@ from nvr.storage.segmenter import (
     AudioTrackSpec,
     RotationPolicy,
     SegmentMuxer,
+    assign_staggers,
     stagger_offset_90k,
 )
 from support.media import Clip, encode_clip
@@ -46,6 +47,19 @@ SECOND = 90_000
 needs_ffprobe = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe missing")
 
 # --- rotation policy ---------------------------------------------------------------------
+
+
+def test_a_site_gets_distinct_seconds_stable_when_cameras_are_added() -> None:
+    segment = 60 * SECOND
+    ids = [f"ward7-cam-{i:02d}" for i in range(16)]
+    site = assign_staggers(ids, segment)
+    assert len({v // SECOND for v in site.values()}) == 16
+    assert all(v % SECOND == 0 and 0 <= v < segment for v in site.values())
+    bigger = assign_staggers([*ids, "ward7-cam-99"], segment)
+    moved = [c for c in ids if bigger[c] != site[c]]
+    assert len(moved) <= 1  # hashed seconds hold; only a probed-past camera can shift
+    crowded = assign_staggers([f"c{i}" for i in range(5)], 3 * SECOND)  # more cameras than s
+    assert set(crowded.values()) <= {0, SECOND, 2 * SECOND}
 
 
 def test_stagger_is_stable_whole_seconds_and_spreads_cameras() -> None:

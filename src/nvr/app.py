@@ -18,6 +18,7 @@ from nvr.ingest.source import FixedSource, OnvifSource, StreamSource
 from nvr.storage.index import Index
 from nvr.storage.recorder import Recorder
 from nvr.storage.recovery import check_storage_identity, recover
+from nvr.storage.segmenter import assign_staggers
 from nvr.systemd import notify, watchdog_interval_s
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class App:
         if report.segments_recovered or report.runs_ended:
             log.info("recovered %d segments (%d frames), ended %d runs as crash",
                      report.segments_recovered, report.frames_kept, report.runs_ended)
+        segment_90k = cfg.storage.segment_seconds * 90_000
+        staggers = assign_staggers((c.id for c in cfg.cameras), segment_90k)
         for cam in cfg.cameras:
             await index.upsert_camera(cam.id, cam.name, cam.safe_url)
             recorder = Recorder(
@@ -56,6 +59,7 @@ class App:
                 clock=self.clock,
                 segment_seconds=cfg.storage.segment_seconds,
                 writer_queue_frames=cfg.storage.writer_queue_frames,
+                stagger_offset_90k=staggers[cam.id],
             )
             sup = CameraSupervisor(cam, recorder, self.clock, self._source_for(cam))
             self.supervisors.append(sup)

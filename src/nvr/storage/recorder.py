@@ -26,7 +26,8 @@ from nvr.media import AudioCodec, AudioFrame, MediaDescription, VideoAccessUnit,
 from nvr.storage.index import Index, segment_rel_path
 from nvr.storage.model import RunEndReason, SegmentFile
 from nvr.storage.recovery_file import recover_segment_file
-from nvr.storage.segmenter import AudioTrackSpec, RotationPolicy, stagger_offset_90k
+from nvr.storage.segmenter import AudioTrackSpec, RotationPolicy
+from nvr.storage.segmenter import stagger_offset_90k as stagger_for
 from nvr.storage.writer import CloseSegment, OpenSegment, SegmentWriter, WriteAudio, WriteVideo
 
 log = logging.getLogger(__name__)
@@ -109,13 +110,16 @@ class Recorder:
         clock: Clock,
         segment_seconds: int,
         writer_queue_frames: int,
+        stagger_offset_90k: int | None = None,
     ) -> None:
         self.camera_id = camera_id
         self._root = root
         self._index = index
         self._clock = clock
         segment_90k = segment_seconds * 90_000
-        self._policy = RotationPolicy(segment_90k, stagger_offset_90k(camera_id, segment_90k))
+        if stagger_offset_90k is None:
+            stagger_offset_90k = stagger_for(camera_id, segment_90k)
+        self._policy = RotationPolicy(segment_90k, stagger_offset_90k)
         self._writer = SegmentWriter(camera_id, writer_queue_frames)
         self._run: _Run | None = None
         self._pending: _Pending | None = None
