@@ -11,7 +11,7 @@ from nvr.errors import StorageError
 from nvr.media import VideoCodec
 from nvr.storage.index import Index
 from nvr.storage.model import SegmentState
-from nvr.storage.recovery import IDENTITY_FILE, check_storage_identity, recover
+from nvr.storage.recovery import IDENTITY_FILE, check_mounted, check_storage_identity, recover
 from nvr.storage.segmenter import SegmentMuxer
 from support.media import encode_clip
 from support.recording import ffprobe_errors
@@ -83,3 +83,11 @@ def test_storage_identity_ties_the_directory_to_its_index(tmp_path: Path) -> Non
     root.mkdir()
     with pytest.raises(StorageError, match="is the storage volume mounted"):
         check_storage_identity(root, "id-1", index_is_new=False)
+
+
+def test_require_mount_refuses_a_plain_directory(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="is not a mounted filesystem"):
+        check_mounted(tmp_path)
+    with pytest.raises(StorageError, match="is not a mounted filesystem"):
+        check_mounted(tmp_path / "absent")
+    check_mounted(Path("/"))  # the root is always a mount point

@@ -17,7 +17,7 @@ from nvr.ingest.onvif import DeviceIdentity
 from nvr.ingest.source import FixedSource, OnvifSource, StreamSource
 from nvr.storage.index import Index
 from nvr.storage.recorder import Recorder
-from nvr.storage.recovery import check_storage_identity, recover
+from nvr.storage.recovery import check_mounted, check_storage_identity, recover
 from nvr.storage.segmenter import assign_staggers
 from nvr.systemd import notify, watchdog_interval_s
 
@@ -39,6 +39,8 @@ class App:
     async def start(self, *, serve_api: bool = True) -> None:
         cfg = self.cfg
         root = cfg.storage.path
+        if cfg.storage.require_mount:
+            check_mounted(root)
         root.mkdir(parents=True, exist_ok=True)
         index_path = cfg.storage.index_path
         index_is_new = not index_path.exists()

@@ -47,6 +47,7 @@ class StorageConfig(_Model):
     segment_seconds: Annotated[int, Field(ge=2, le=3600)] = 60
     index: Path | None = None  # default: <path>/index.db
     writer_queue_frames: Annotated[int, Field(ge=16, le=100_000)] = 500
+    require_mount: bool = False  # refuse to start unless `path` is a mount point of its own
 
     @property
     def index_path(self) -> Path:

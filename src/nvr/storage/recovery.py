@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,16 @@ async def recover(index: Index, root: Path) -> RecoveryReport:
         log.warning("recovery: %d open segments closed, %d missing, %d runs ended as crash",
                     recovered, missing, len(runs))
     return RecoveryReport(recovered, missing, len(runs), frames)
+
+
+def check_mounted(root: Path) -> None:
+    """With ``require_mount``: the storage path must be a mount point, so a disk that did not
+    mount is refused rather than filled in on the root filesystem as if new."""
+    if not root.is_dir() or not os.path.ismount(root):
+        raise StorageError(
+            f"{root} is not a mounted filesystem (storage.require_mount = true): is the "
+            "recording disk mounted? Refusing to record onto the wrong filesystem."
+        )
 
 
 def check_storage_identity(root: Path, identity: str, index_is_new: bool) -> None:
