@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from nvr.api.server import make_app
 from nvr.ingest.camera import CameraState, CameraStatus
+from nvr.storage.index import Index
+from nvr.storage.model import Fragment, RunEndReason, SegmentFile
 
 STATUS = CameraStatus(
     id="gate",
@@ -18,6 +24,7 @@ STATUS = CameraStatus(
     frames=0,
     segments_closed=0,
 )
+STATUS_GATE = replace(STATUS, id="gate")
 
 
 async def test_health_and_camera_status() -> None:
@@ -39,3 +46,67 @@ async def test_unknown_camera_is_a_json_404() -> None:
         assert await resp.json() == {
             "error": {"code": "not_found", "message": "no camera with id 'nope'"}
         }
+
+
+async def _index_with_two_runs(tmp_path: Path) -> Index:
+    index = await Index.open(tmp_path / "index.db")
+    await index.upsert_camera("gate", "Gate", "rtsp://h/x")
+    t0 = 1_795_897_600 * 90_000  # 2026-11-28T20:26:40Z
+    run = await index.start_run("gate", t0, video_codec="h264", width=640, height=360,
+                                audio_codec=None, clock_offset_ns=2_500_000_000)  # fmt: skip
+    seg = await index.open_segment(run, "gate", "gate/a.mp4", t0)
+    facts = SegmentFile(1000, "ab" * 32, 250, 900_000, (Fragment(0, 0, 1000, True),))
+    await index.close_segment(seg, t0 + 900_000, facts)
+    await index.end_run(run, t0 + 900_000, RunEndReason.TIMEOUT, "no video for 10.0 s")
+    await index.start_run("gate", t0 + 1_800_000, video_codec="h264", width=640, height=360,
+                          audio_codec=None, clock_offset_ns=None)  # fmt: skip
+    return index
+
+
+async def test_recordings_lists_runs_segments_and_gaps_in_the_callers_offset(
+    tmp_path: Path,
+) -> None:
+    index = await _index_with_two_runs(tmp_path)
+    try:
+        async with TestClient(TestServer(make_app(lambda: [STATUS_GATE], index))) as client:
+            resp = await client.get("/api/v1/cameras/gate/recordings", params={
+                "start": "2026-11-29T03:00:00+07:00", "end": "2026-11-29T04:00:00+07:00"})
+            assert resp.status == 200
+            body = await resp.json()
+    finally:
+        await index.close()
+    assert body["start"] == "2026-11-29T03:00:00.000+07:00"
+    first, second = body["runs"]
+    assert first["start"] == "2026-11-29T03:26:40.000+07:00"
+    assert first["end"] == "2026-11-29T03:26:50.000+07:00"
+    assert first["end_reason"] == "timeout" and first["camera_clock_offset_ms"] == 2500
+    assert second["end"] is None
+    [segment] = body["segments"]
+    assert segment["frames"] == 250 and segment["sha256"] == "ab" * 32
+    [gap] = body["gaps"]
+    assert gap == {"start": "2026-11-29T03:26:50.000+07:00", "end": "2026-11-29T03:27:00.000+07:00",
+                   "reason": "timeout", "detail": "no video for 10.0 s"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "code"),
+    [
+        ({"start": "2026-11-29T03:00:00", "end": "2026-11-29T04:00:00Z"}, 400, "bad_time"),
+        ({"start": "2026-11-29T04:00:00Z", "end": "2026-11-29T03:00:00Z"}, 400, "bad_range"),
+        ({"start": "2026-11-01T00:00:00Z", "end": "2026-11-29T00:00:00Z"}, 400, "range_too_long"),
+        ({"end": "2026-11-29T00:00:00Z"}, 400, "bad_request"),
+    ],
+)
+async def test_bad_ranges_are_4xx_naming_the_problem(
+    tmp_path: Path, params: dict[str, str], status: int, code: str
+) -> None:
+    index = await Index.open(tmp_path / "index.db")
+    try:
+        async with TestClient(TestServer(make_app(lambda: [STATUS_GATE], index))) as client:
+            resp = await client.get("/api/v1/cameras/gate/recordings", params=params)
+            assert resp.status == status
+            assert (await resp.json())["error"]["code"] == code
+            resp = await client.get("/api/v1/cameras/nope/recordings", params=params)
+            assert resp.status == 404
+    finally:
+        await index.close()
