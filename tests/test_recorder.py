@@ -218,3 +218,19 @@ async def test_rtcp_sender_report_stores_the_camera_clock_offset(
     [run] = IndexReader(tmp_path / "index.db").runs("cam")
     assert run.clock_offset_ns is not None
     assert abs(run.clock_offset_ns - 7_250_000_000) < 100_000
+
+
+async def test_stats_report_codec_size_frame_rate_and_bitrate(tmp_path: Path, clip: Clip) -> None:
+    clock = SimulatedClock()
+    index, rec = await _recorder(tmp_path, clock)
+    for i in range(150):  # 6 s at 25 fps; the window keeps the last 5 s
+        clock.advance(FRAME_NS)
+        await rec.video(unit(clip, i, i * FRAME_90K), clock.monotonic_ns())
+    st = rec.stats()
+    await rec.end_run(RunEndReason.SHUTDOWN)
+    await rec.close()
+    await index.close()
+    assert (st.codec, st.width, st.height) == ("h264", 128, 72)
+    assert st.fps == 25.0 and st.run_id is not None
+    window = [sum(len(n) for n in clip.units[i][0]) for i in range(150 - 125, 150)]
+    assert st.bitrate_kbps == sum(window) * 8 * 10**6 // (125 * FRAME_NS)  # 125 intervals

@@ -58,6 +58,12 @@ class CameraStatus:
     runs: int
     frames: int
     segments_closed: int
+    current_run_id: int | None = None
+    codec: str | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    bitrate_kbps: int | None = None
 
 
 def backoff_delay_s(failures: int, initial_s: float, max_s: float, rng: random.Random) -> float:
@@ -140,6 +146,7 @@ class CameraSupervisor:
         return CameraStatus(
             self.cfg.id, self.state, self.failures, self.last_error, self.last_error_kind,
             self.last_frame_wall_ns, st.runs, st.frames, st.segments_closed,
+            st.run_id, st.codec, st.width, st.height, st.fps, st.bitrate_kbps,
         )
 
     async def run_forever(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from nvr.storage.writer import CloseSegment, OpenSegment, SegmentWriter, WriteAu
 log = logging.getLogger(__name__)
 
 
+RATE_WINDOW_NS = 5 * 10**9  # fps and bitrate are measured over this much of the past
 CLOCK_WARN_NS = 2 * 10**9  # a camera clock further off than this is logged, once per run
 
 
@@ -96,6 +98,12 @@ class RecorderStats:
     segments_closed: int
     frames: int
     bytes_closed: int
+    run_id: int | None  # the run being recorded
+    codec: str | None  # of the parameters last seen
+    width: int | None
+    height: int | None
+    fps: float | None  # over the last few seconds of received frames
+    bitrate_kbps: int | None
 
 
 class Recorder:
@@ -124,6 +132,7 @@ class Recorder:
         self._run: _Run | None = None
         self._pending: _Pending | None = None
         self._params: VideoParameters | None = None
+        self._recent: deque[tuple[int, int]] = deque()  # (receive ns, bytes) of recent frames
         self._audio: AudioTrackSpec | None = None
         self._audio_codec: str | None = None
         self.clock_offset_ns: int | None = None
@@ -190,6 +199,10 @@ class Recorder:
         if run.segment is None:
             await self._open_segment(run, media_90k)
         self._pending = _Pending(au.nal_units, media_90k, au.is_keyframe)
+        recent = self._recent
+        recent.append((recv_mono_ns, sum(len(n) for n in au.nal_units)))
+        while recent[0][0] < recv_mono_ns - RATE_WINDOW_NS:
+            recent.popleft()
 
     async def audio(self, frame: AudioFrame, stream: int, recv_mono_ns: int) -> None:
         run = self._run
@@ -388,4 +401,20 @@ class Recorder:
         return times.end_90k, None
 
     def stats(self) -> RecorderStats:
-        return RecorderStats(self.runs, self.segments_closed, self.frames, self.bytes_closed)
+        params = self._params
+        recent = self._recent
+        fps: float | None = None
+        kbps: int | None = None
+        if len(recent) >= 2:
+            span_ns = recent[-1][0] - recent[0][0]
+            if span_ns > 0:
+                fps = round((len(recent) - 1) * 1e9 / span_ns, 2)
+                kbps = sum(size for _, size in list(recent)[1:]) * 8 * 10**6 // span_ns
+        return RecorderStats(
+            self.runs, self.segments_closed, self.frames, self.bytes_closed,
+            self._run.id if self._run is not None else None,
+            params.codec.value if params else None,
+            params.width if params else None,
+            params.height if params else None,
+            fps, kbps,
+        )  # fmt: skip
