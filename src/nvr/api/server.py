@@ -12,6 +12,7 @@ from datetime import timezone
 
 from aiohttp import web
 
+from nvr.api import openapi
 from nvr.api.times import TimeFormatError, format_rfc3339, parse_rfc3339
 from nvr.ingest.camera import CameraStatus
 from nvr.storage.index import Index
@@ -33,6 +34,10 @@ def _status_json(st: CameraStatus) -> dict[str, object]:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
 
 
 async def cameras(request: web.Request) -> web.Response:
@@ -137,6 +142,7 @@ def make_app(status: StatusSource, index: Index | None = None) -> web.Applicatio
     app = web.Application()
     app[STATUS_KEY] = status
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/v1/openapi.json", openapi_json)
     app.router.add_get("/api/v1/cameras", cameras)
     app.router.add_get("/api/v1/cameras/{id}", camera)
     if index is not None:
