@@ -21,7 +21,13 @@ from nvr.errors import CameraAuthError, CameraConnectError, CameraProtocolError
 from nvr.ingest.onvif import pick_profile, read_clock, read_device
 from nvr.ingest.onvif_soap import Login, SoapClient
 from support.fakecam import FakeCam
-from support.onvif_device import AuthFailure, Identity, OnvifTestDevice, default_profiles
+from support.onvif_device import (
+    AuthFailure,
+    HttpAuthMode,
+    Identity,
+    OnvifTestDevice,
+    default_profiles,
+)
 from support.recording import (
     camera_toml,
     ffprobe_errors,
@@ -281,3 +287,81 @@ async def test_resolved_stream_records(
         path = tmp_path / seg.path
         assert ffprobe_errors(path) == "", seg.path
         assert [s["codec_name"] for s in ffprobe_streams(path)] == [codec]
+
+
+# ---- HTTP Digest on SOAP ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "algorithm"), [("digest", "MD5"), ("digest+wsse", "MD5"), ("digest", "SHA-256")]
+)
+async def test_http_digest_device_is_read_with_one_challenge(
+    make_device: MakeDevice, mode: HttpAuthMode, algorithm: str
+) -> None:
+    dev = await make_device(http_auth=mode, http_algorithm=algorithm, clock_offset_s=4.0)
+    readout = await read_device(dev.url, "admin", PASSWORD, clock=CLOCK, refine_clock_steps=1)
+
+    assert readout.identity.serial == IDENTITY.serial
+    assert readout.identity.mac == "44:19:b6:0a:0b:0c"
+    assert readout.clock is not None  # asked without a login: this device lets it through
+    assert abs(readout.clock.offset_ns - 4_000_000_000) < 600_000_000, readout.clock
+    assert [p.token for p in readout.profiles] == ["Profile_1", "Profile_2", "Profile_3"]
+    assert readout.media2 and readout.profiles[2].via_media2  # our SOAP client, pre-authenticated
+    # One challenge for the whole device: the first login call; every later call, whichever
+    # service and client (onvif-zeep-async's Device and Media, our Media2), sent Digest up front.
+    assert dev.challenged == ["device_service GetDeviceInformation"], dev.challenged
+    assert dev.operations.count("GetDeviceInformation") == 2
+    assert dev.operations.count("GetProfiles") == 2  # Media and Media2, each once
+
+
+async def test_http_digest_on_the_clock_too(make_device: MakeDevice) -> None:
+    dev = await make_device(http_auth="digest", http_auth_clock=True, clock_offset_s=-3.0)
+    readout = await read_device(dev.url, "admin", PASSWORD, clock=CLOCK, refine_clock_steps=2)
+    assert readout.clock is not None
+    assert abs(readout.clock.offset_ns + 3_000_000_000) < 600_000_000, readout.clock
+    assert readout.identity.serial == IDENTITY.serial
+    assert dev.challenged == ["device_service GetSystemDateAndTime"], dev.challenged
+
+    # Without credentials the clock cannot be read from such a device: an auth error.
+    with pytest.raises(CameraAuthError, match="rejected the credentials"):
+        await read_clock(dev.url, timeout_s=5.0, clock=CLOCK, refine_steps=0)
+
+
+async def test_http_digest_clock_with_wrong_password_is_none_then_auth_error(
+    make_device: MakeDevice,
+) -> None:
+    dev = await make_device(http_auth="digest", http_auth_clock=True)
+    with pytest.raises(CameraAuthError) as info:
+        await read_device(dev.url, "admin", "wrong-" + PASSWORD, clock=CLOCK, refine_clock_steps=0)
+    assert dev.url in str(info.value)
+    assert set(dev.operations) == {"GetSystemDateAndTime", "GetDeviceInformation"}
+
+
+@pytest.mark.parametrize("mode", ["digest", "digest+wsse"])
+async def test_http_digest_wrong_password_is_a_clear_auth_error(
+    make_device: MakeDevice, mode: HttpAuthMode
+) -> None:
+    dev = await make_device(http_auth=mode)
+    with pytest.raises(CameraAuthError) as info:
+        await read_device(dev.url, "admin", "wrong-" + PASSWORD, clock=CLOCK, refine_clock_steps=0)
+    message = str(info.value)
+    assert dev.url in message and "rejected the credentials" in message
+    assert PASSWORD not in message and "wrong-" not in message
+    assert "\n" not in message
+    # Asked, challenged, answered with Digest once, refused: no retrying beyond that.
+    assert dev.challenged == ["device_service GetDeviceInformation"] * 2, dev.challenged
+
+
+async def test_digest_and_wsse_device_wants_both(make_device: MakeDevice) -> None:
+    """HTTP Digest alone does not get past a device that also checks WS-Security."""
+    dev = await make_device(http_auth="digest+wsse")
+    async with aiohttp.ClientSession() as session:
+        soap = SoapClient(session, dev.url, 5.0, CLOCK)
+        soap.http_auth.credentials = ("admin", PASSWORD)
+        with pytest.raises(CameraAuthError):  # no WS-Security login in the body
+            await soap.call(dev.url, "GetDeviceInformation", "<tds:GetDeviceInformation/>")
+        assert soap.http_auth.scheme == "Digest"
+        soap.login = Login("admin", PASSWORD, offset_ns=0)
+        resp = await soap.call(dev.url, "GetDeviceInformation", "<tds:GetDeviceInformation/>")
+        assert resp.tag.endswith("GetDeviceInformationResponse")
+    assert dev.challenged == ["device_service GetDeviceInformation"]

@@ -12,6 +12,11 @@ GetSnapshotUri) and Media2 (GetProfiles, GetStreamUri, GetSnapshotUri). Everythi
 needs a WS-Security UsernameToken with a PasswordDigest whose Created time is within
 ``max_skew_s`` of the device's own clock (real time + ``clock_offset_s``), as cameras check it.
 XAddrs and stream URIs carry ``lan_host`` instead of 127.0.0.1, as a camera behind NAT would.
+
+``http_auth`` makes it guard SOAP with HTTP Digest (RFC 7616, ``qop=auth``, ``http_algorithm``
+MD5 or SHA-256) as newer Hikvision, Dahua and Uniview cameras do: ``"digest"`` wants Digest on
+every call (``GetSystemDateAndTime`` too when ``http_auth_clock``) and ignores WS-Security,
+``"digest+wsse"`` wants both. Every 401 challenge it sends is logged in ``challenged``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import os
+import re
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -43,6 +50,9 @@ _XMLNS = " ".join(f'xmlns:{p}="{u}"' for p, u in NS.items() if p not in ("wsse",
 # How a device refuses a bad password: a SOAP fault with HTTP 400 (the SOAP 1.2 rule for a
 # Sender fault), the same fault with HTTP 401 (Hikvision), or a bare HTTP 401 without a body.
 AuthFailure = Literal["fault400", "fault401", "http401"]
+HttpAuthMode = Literal["none", "digest", "digest+wsse"]
+_DIGEST_HASH = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
+_AUTH_PARAM = re.compile(r'(\w+)=(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +101,14 @@ class OnvifTestDevice:
     get_services: bool = True  # False: an old device that only knows GetCapabilities
     media2: bool = True
     max_skew_s: float = 30.0
+    http_auth: HttpAuthMode = "none"
+    http_auth_clock: bool = False  # HTTP Digest on GetSystemDateAndTime too (some devices)
+    http_algorithm: Literal["MD5", "SHA-256"] = "MD5"
+    realm: str = "IP Camera(C3097)"
     operations: list[str] = field(default_factory=list)  # every operation asked, in order
+    challenged: list[str] = field(default_factory=list)  # "service op" of every 401 challenge
+    _http_nonce: str = field(default_factory=lambda: os.urandom(16).hex())
+    _http_nc: dict[str, int] = field(default_factory=dict)  # cnonce -> the last nc seen
     _runner: web.AppRunner | None = None
     _port: int = 0
     _nonces: set[str] = field(default_factory=set)
@@ -156,18 +173,61 @@ class OnvifTestDevice:
             return _fault(400, "Sender", "ter:WellFormed", "No SOAP 1.2 Body")
         op = body[0].tag.rpartition("}")[2]
         self.operations.append(op)
-        if op != "GetSystemDateAndTime" and not self._authorized(env):
+        service = request.path.rsplit("/", 1)[1]
+        clock = op == "GetSystemDateAndTime"
+        http_needed = self.http_auth != "none" and (self.http_auth_clock or not clock)
+        if http_needed and not self._http_authorized(request):
+            self.challenged.append(f"{service} {op}")
+            challenge = (
+                f'Digest realm="{self.realm}", qop="auth", nonce="{self._http_nonce}", '
+                f'opaque="5ccc069c403ebaf9", algorithm={self.http_algorithm}'
+            )
+            return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+        if not clock and self.http_auth != "digest" and not self._authorized(env):
             if self.auth_failure == "http401":
                 return web.Response(status=401, headers={"WWW-Authenticate": 'Digest realm="x"'})
             status = 401 if self.auth_failure == "fault401" else 400
             return _fault(status, "Sender", "ter:NotAuthorized", "Sender not Authorized")
-        service = request.path.rsplit("/", 1)[1]
         handler = getattr(self, f"_{service}_{op}", None)
         if handler is None or (service == "media2_service" and not self.media2):
             return _fault(500, "Receiver", "ter:ActionNotSupported", f"{op} not supported")
         if op == "GetServices" and not self.get_services:
             return _fault(500, "Receiver", "ter:ActionNotSupported", "GetServices not supported")
         return _ok(handler(body[0]))
+
+    def _http_authorized(self, request: web.Request) -> bool:
+        """RFC 7616 Digest with qop=auth, checked here independently of the recorder's code."""
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Digest "):
+            return False
+        params = {m[1].lower(): m[2] or m[3] for m in _AUTH_PARAM.finditer(header[7:])}
+        hash_fn = _DIGEST_HASH[self.http_algorithm]
+
+        def h(text: str) -> str:
+            return hash_fn(text.encode()).hexdigest()
+
+        try:
+            nc = int(params.get("nc", ""), 16)
+        except ValueError:
+            return False
+        cnonce = params.get("cnonce", "")
+        if (
+            params.get("username") != self.username
+            or params.get("realm") != self.realm
+            or params.get("nonce") != self._http_nonce
+            or params.get("uri") != request.path_qs
+            or params.get("qop") != "auth"
+            or not cnonce
+            or nc <= self._http_nc.get(cnonce, 0)  # a replayed nonce count is refused
+        ):
+            return False
+        ha1 = h(f"{self.username}:{self.realm}:{self.password}")
+        ha2 = h(f"{request.method}:{request.path_qs}")
+        expected = h(f"{ha1}:{self._http_nonce}:{params['nc']}:{cnonce}:auth:{ha2}")
+        if params.get("response") != expected:
+            return False
+        self._http_nc[cnonce] = nc
+        return True
 
     def _authorized(self, env: ET.Element) -> bool:
         token = env.find("s:Header/wsse:Security/wsse:UsernameToken", NS)

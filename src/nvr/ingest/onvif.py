@@ -160,6 +160,8 @@ async def read_device(
     reached_host = urlsplit(device_url).hostname or ""
     async with aiohttp.ClientSession() as session:
         soap = SoapClient(session, device_url, timeout_s, clock)
+        # HTTP Digest/Basic is answered (and then sent up front) on every call, even the clock's.
+        soap.http_auth.credentials = (username, password)
         reading: ClockReading | None
         try:
             reading = await measure_clock(soap, clock, refine_clock_steps)
@@ -168,7 +170,9 @@ async def read_device(
             reading = None
         offset_ns = reading.offset_ns if reading is not None else None
         soap.login = Login(username, password, offset_ns or 0)
-        zeep = ZeepServices(where, username, password, offset_ns, timeout_s)
+        zeep = ZeepServices(
+            where, username, password, offset_ns, timeout_s, http_auth=soap.http_auth
+        )
         try:
             identity, media_xaddr, media2_xaddr, profiles = await _read_with_zeep(
                 zeep, device_url, reached_host

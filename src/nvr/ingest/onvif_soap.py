@@ -4,6 +4,10 @@ onvif-zeep-async always signs requests with WS-Security (so ``GetSystemDateAndTi
 needs no login, cannot be asked plainly) and ships no Media2 (ver20) WSDL. This module posts
 hand-written envelopes with aiohttp, stamps the UsernameToken with the device's clock, and
 reads answers of bounded size into ElementTree through ``safe_xml`` (no DTDs, no entities).
+
+``HttpAuth`` is the HTTP Basic/Digest side: an aiohttp client middleware that answers a 401
+challenge with ``rtsp_auth``'s RFC 7616 Digest (the one implementation, RTSP's and ours) and is
+shared by every service of a device, ours and onvif-zeep-async's.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 import aiohttp
+from aiohttp import hdrs
 
 from nvr.clock import Clock
 from nvr.errors import CameraAuthError, CameraConnectError, CameraProtocolError
+from nvr.ingest.rtsp_auth import Authenticator, choose_auth, parse_challenges
 from nvr.ingest.safe_xml import XmlError, XmlRefused, parse
 
 NS = {
@@ -75,6 +81,51 @@ class Login:
     offset_ns: int  # the device's clock minus ours: added to the token's Created time
 
 
+class HttpAuth:
+    """HTTP authentication for one device's SOAP services, as an aiohttp client middleware.
+
+    Many cameras guard SOAP with HTTP Digest (or Basic) instead of, or besides, WS-Security:
+    they answer 401 with ``WWW-Authenticate``. Once ``credentials`` are known, such a request is
+    sent again with ``Authorization`` (RFC 7616: MD5 or SHA-256, ``qop=auth``, ``nc``/cnonce;
+    WS-Security stays in the body), and the authenticator is kept: every later request to the
+    device, from any of its services, carries it up front. A 401 with a usable challenge to a
+    request sent with it (a nonce the device dropped) is answered once more, with the new
+    challenge; a 401 to that retry is handed back and becomes ``CameraAuthError``. Without
+    credentials, or without a challenge we can answer, requests pass through untouched.
+    """
+
+    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+        self.credentials = credentials
+        self._auth: Authenticator | None = None
+
+    @property
+    def scheme(self) -> str | None:
+        """``"Digest"`` or ``"Basic"`` once the device asked for HTTP auth; None before."""
+        return None if self._auth is None else self._auth.scheme
+
+    async def __call__(
+        self, req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        if self.credentials is None:
+            return await handler(req)
+        uri = req.url.raw_path_qs
+        if self._auth is not None:
+            req.headers[hdrs.AUTHORIZATION] = self._auth.authorization(req.method, uri)
+        resp = await handler(req)
+        if resp.status == 401:
+            challenges = parse_challenges(resp.headers.getall(hdrs.WWW_AUTHENTICATE, ()))
+            chosen = choose_auth(challenges, *self.credentials)
+            if chosen is None:
+                return resp
+            self._auth = chosen
+            resp.release()
+            req.headers[hdrs.AUTHORIZATION] = chosen.authorization(req.method, uri)
+            resp = await handler(req)
+        if resp.status != 401 and self._auth is not None:
+            self._auth.on_success(resp.headers.get("Authentication-Info"))
+        return resp
+
+
 def parse_reply(where: str, op: str, status: int, content: bytes) -> ET.Element:
     """The first element of a SOAP 1.2 Body, or the CameraError the answer amounts to."""
     if status in (401, 403) and b"NotAuthorized" not in content:
@@ -116,6 +167,8 @@ class SoapClient:
         self.timeout_s = timeout_s
         self.clock = clock
         self.login: Login | None = None
+        # HTTP Digest/Basic when the device asks for it; read_device shares it with zeep.
+        self.http_auth = HttpAuth()
 
     async def call(self, url: str, op: str, body: str, *, auth: bool = True) -> ET.Element:
         header = ""
@@ -128,7 +181,10 @@ class SoapClient:
         try:
             async with asyncio.timeout(self.timeout_s):
                 async with self.session.post(
-                    url, data=envelope(body, header), headers={"Content-Type": _CONTENT_TYPE}
+                    url,
+                    data=envelope(body, header),
+                    headers={"Content-Type": _CONTENT_TYPE},
+                    middlewares=(self.http_auth,),
                 ) as resp:
                     status = resp.status
                     async for chunk in resp.content.iter_chunked(65536):

@@ -3,6 +3,11 @@
 Every foreign exception a call raises (aiohttp, zeep, onvif) becomes ``CameraAuthError``,
 ``CameraConnectError`` or ``CameraProtocolError`` naming the device, never the password; the
 ``attr``/``attr_text``/``as_list`` readers walk zeep results without letting ``Any`` out.
+
+The library's services post through an aiohttp session of their own that knows no HTTP auth;
+each service here gets the library's transport over *our* session instead, one per read-out,
+carrying the device's ``HttpAuth`` middleware (HTTP Digest/Basic on a 401 challenge, then up
+front), shared with our own SOAP client.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from nvr.errors import CameraAuthError, CameraConnectError, CameraError, CameraProtocolError
+from nvr.ingest.onvif_soap import HttpAuth
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +86,14 @@ class ZeepServices:
     """The onvif-zeep-async services of one read-out: calls bounded in time, errors translated."""
 
     def __init__(
-        self, where: str, username: str, password: str, offset_ns: int | None, timeout_s: float
+        self,
+        where: str,
+        username: str,
+        password: str,
+        offset_ns: int | None,
+        timeout_s: float,
+        *,
+        http_auth: HttpAuth | None = None,
     ) -> None:
         self.where = where
         self.username = username
@@ -88,7 +101,19 @@ class ZeepServices:
         # UsernameDigestTokenDtDiff adds dt_diff to its Created time: the device's clock.
         self.dt_diff = None if offset_ns is None else dt.timedelta(microseconds=offset_ns / 1000)
         self.timeout_s = timeout_s
+        self.http_auth = http_auth or HttpAuth((username, password))
         self._services: list[Any] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # As the library's own session: cameras' HTTPS certificates are self-signed.
+                connector=aiohttp.TCPConnector(ssl=False),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                middlewares=(self.http_auth,),
+            )
+        return self._session
 
     async def service(self, kind: str, xaddr: str) -> Any:
         onvif = _import_onvif()
@@ -105,6 +130,10 @@ class ZeepServices:
             read_timeout=math.ceil(self.timeout_s),
         )
         self._services.append(svc)
+        # Before setup(), which hands the transport to zeep: ours carries HTTP auth.
+        svc.transport = onvif.AsyncTransportProtocolErrorHandler(
+            session=self._http_session(), verify_ssl=False, cache=None
+        )
         await svc.setup()
         return svc
 
@@ -127,8 +156,12 @@ class ZeepServices:
             return None
 
     async def close(self) -> None:
-        for svc in self._services:
-            await svc.close()
+        try:
+            for svc in self._services:
+                await svc.close()
+        finally:
+            if self._session is not None:
+                await self._session.close()
 
 
 def attr(obj: object, *path: str) -> object:

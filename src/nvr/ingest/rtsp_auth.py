@@ -3,7 +3,8 @@
 aiortsp's Digest ignores ``qop``, knows no ``-sess`` algorithms and never counts ``nc``, and it
 picks Basic when a camera offers both. ``DigestAuth`` implements RFC 7616 (MD5 and SHA-256,
 ``qop=auth``, stale nonce) and ``choose_auth`` prefers Digest. Sans-IO: strings in, header
-values out; ``RtspConnection.request`` drives it.
+values out; ``RtspConnection.request`` drives it, and so does ONVIF's HTTP
+(``onvif_soap.HttpAuth``): ``method`` and ``uri`` are whatever the request line has.
 """
 
 from __future__ import annotations
