@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from pathlib import Path
 
+import av
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from nvr.api.server import make_app
+from nvr.api.times import format_rfc3339
+from nvr.clock import SimulatedClock
 from nvr.ingest.camera import CameraState, CameraStatus
+from nvr.media import VideoAccessUnit, VideoCodec
 from nvr.storage.index import Index
 from nvr.storage.model import Fragment, RunEndReason, SegmentFile
+from nvr.storage.recorder import Recorder
+from support.media import encode_clip
 
 STATUS = CameraStatus(
     id="gate",
@@ -115,7 +122,7 @@ async def test_bad_ranges_are_4xx_naming_the_problem(
 async def test_every_route_is_in_the_openapi_document(tmp_path: Path) -> None:
     index = await Index.open(tmp_path / "index.db")
     try:
-        app = make_app(lambda: [STATUS_GATE], index)
+        app = make_app(lambda: [STATUS_GATE], index, tmp_path)
         routes = {r.resource.canonical for r in app.router.routes()
                   if r.method != "HEAD" and r.resource is not None}  # fmt: skip
         async with TestClient(TestServer(app)) as client:
@@ -127,3 +134,38 @@ async def test_every_route_is_in_the_openapi_document(tmp_path: Path) -> None:
     assert routes == set(doc["paths"])
     schema = doc["components"]["schemas"]["Camera"]
     assert set(camera) == set(schema["required"]) == set(schema["properties"])
+
+
+async def test_snapshot_decodes_the_keyframe_at_or_before_the_time(tmp_path: Path) -> None:
+    clip = encode_clip(VideoCodec.H264, 100)  # keyframes every 25 frames (1 s), 128x72
+    clock = SimulatedClock()
+    index = await Index.open(tmp_path / "index.db", clock=clock)
+    await index.upsert_camera("gate", "Gate", "file")
+    rec = Recorder("gate", root=tmp_path, index=index, clock=clock, segment_seconds=2,
+                   writer_queue_frames=1000)  # fmt: skip
+    rec.begin_session(None, "off")
+    for i, (nals, key) in enumerate(clip.units):
+        clock.advance(40_000_000)
+        au = VideoAccessUnit(i * 3600, nals, key, clip.params, i == 0, False)
+        await rec.video(au, clock.monotonic_ns())
+    await rec.end_run(RunEndReason.SHUTDOWN)
+    await rec.close()
+    [run] = await index.runs("gate", 0, 2**62)
+    at = format_rfc3339(run.start_90k + 90_000 + 45_000)  # 1.5 s in: the keyframe at 1 s
+    try:
+        app = make_app(lambda: [STATUS_GATE], index, tmp_path)
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.get("/api/v1/cameras/gate/snapshot.jpg", params={"at": at})
+            assert resp.status == 200 and resp.content_type == "image/jpeg"
+            jpeg = await resp.read()
+            latest = await client.get("/api/v1/cameras/gate/snapshot.jpg")
+            assert latest.status == 200
+            before = format_rfc3339(run.start_90k - 90_000)
+            resp = await client.get("/api/v1/cameras/gate/snapshot.jpg", params={"at": before})
+            assert resp.status == 404
+            assert (await resp.json())["error"]["code"] == "no_recording"
+    finally:
+        await index.close()
+    with av.open(io.BytesIO(jpeg), "r") as img:
+        frame = next(img.decode(video=0))
+        assert (frame.width, frame.height) == (128, 72)

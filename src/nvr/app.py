@@ -68,7 +68,7 @@ class App:
             self._tasks.append(asyncio.create_task(sup.run_forever(), name=f"camera-{cam.id}"))
         if serve_api:
             host, _, port = cfg.api.listen.rpartition(":")
-            self._runner = web.AppRunner(make_app(self.statuses, index), access_log=None)
+            self._runner = web.AppRunner(make_app(self.statuses, index, root), access_log=None)
             await self._runner.setup()
             await web.TCPSite(self._runner, host.strip("[]"), int(port)).start()
             log.info("API listening on http://%s", cfg.api.listen)

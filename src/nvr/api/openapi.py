@@ -52,6 +52,15 @@ def document() -> dict[str, Any]:
                     "200": {"description": "Recordings",
                             **_json("#/components/schemas/Recordings")},
                     "400": _ERROR, "404": _ERROR}}},
+            "/api/v1/cameras/{id}/snapshot.jpg": {"get": {
+                "summary": "The keyframe at or before `at` (default: the latest), as JPEG",
+                "parameters": [
+                    _CAMERA_ID,
+                    {"name": "at", "in": "query", "required": False, "schema": _TIME},
+                ],
+                "responses": {
+                    "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
+                    "400": _ERROR, "404": _ERROR}}},
         },
         "components": {"schemas": _schemas()},
     }  # fmt: skip

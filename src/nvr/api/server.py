@@ -6,21 +6,27 @@ names the problem, never a 500.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import timezone
+from pathlib import Path
 
 from aiohttp import web
 
 from nvr.api import openapi
 from nvr.api.times import TimeFormatError, format_rfc3339, parse_rfc3339
+from nvr.errors import StorageError
 from nvr.ingest.camera import CameraStatus
 from nvr.storage.index import Index
 from nvr.storage.index_rows import Gap, RunRow, SegmentRow
+from nvr.storage.model import SegmentState
+from nvr.storage.snapshot import keyframe_jpeg
 
 StatusSource = Callable[[], Sequence[CameraStatus]]
 STATUS_KEY: web.AppKey[StatusSource] = web.AppKey("status")
 INDEX_KEY: web.AppKey[Index] = web.AppKey("index")
+ROOT_KEY: web.AppKey[Path] = web.AppKey("root")
 MAX_RANGE_90K = 7 * 24 * 3600 * 90_000  # one query covers at most a week
 
 
@@ -138,7 +144,37 @@ async def recordings(request: web.Request) -> web.Response:
     })  # fmt: skip
 
 
-def make_app(status: StatusSource, index: Index | None = None) -> web.Application:
+async def snapshot(request: web.Request) -> web.Response:
+    """The keyframe at or before ``at`` (default: the latest recorded), as JPEG."""
+    if _find(request) is None:
+        return _no_camera(request)
+    cam = request.match_info["id"]
+    index = request.app[INDEX_KEY]
+    root = request.app[ROOT_KEY]
+    if "at" in request.query:
+        try:
+            at_90k, _ = parse_rfc3339(request.query["at"], "at")
+        except TimeFormatError as exc:
+            return error(400, "bad_time", str(exc))
+        found = [s for s in await index.segments(cam, at_90k, at_90k + 1)
+                 if s.state is SegmentState.CLOSED and s.start_90k <= at_90k]  # fmt: skip
+    else:
+        latest = await index.latest_closed_segment(cam)
+        found = [latest] if latest is not None and latest.end_90k is not None else []
+        at_90k = latest.end_90k - 1 if latest is not None and latest.end_90k is not None else 0
+    if not found:
+        return error(404, "no_recording", "nothing was recorded at that time")
+    seg = found[-1]
+    try:
+        jpeg = await asyncio.to_thread(keyframe_jpeg, root / seg.path, at_90k - seg.start_90k)
+    except StorageError as exc:
+        return error(404, "no_picture", str(exc))
+    return web.Response(body=jpeg, content_type="image/jpeg")
+
+
+def make_app(
+    status: StatusSource, index: Index | None = None, root: Path | None = None
+) -> web.Application:
     app = web.Application()
     app[STATUS_KEY] = status
     app.router.add_get("/healthz", healthz)
@@ -148,4 +184,7 @@ def make_app(status: StatusSource, index: Index | None = None) -> web.Applicatio
     if index is not None:
         app[INDEX_KEY] = index
         app.router.add_get("/api/v1/cameras/{id}/recordings", recordings)
+        if root is not None:
+            app[ROOT_KEY] = root
+            app.router.add_get("/api/v1/cameras/{id}/snapshot.jpg", snapshot)
     return app

@@ -460,6 +460,17 @@ class Index:
         rows = await self._fetchall(f"runs({camera_id})", sql, (camera_id, end_90k, start_90k))
         return [run_row(r) for r in rows]
 
+    async def latest_closed_segment(self, camera_id: str) -> SegmentRow | None:
+        """The camera's most recent closed segment (by start), if any."""
+        sql = (
+            f"SELECT {SEGMENT_COLUMNS} FROM segment WHERE camera_id = :cam "
+            "AND state = 'closed' ORDER BY start_90k DESC LIMIT 1"
+        )
+        what = f"latest_closed_segment({camera_id})"
+        async with self._read(what, sql, {"cam": camera_id}) as cur:
+            row = await cur.fetchone()
+        return segment_row(row) if row is not None else None
+
     async def segments(self, camera_id: str, start_90k: int, end_90k: int) -> list[SegmentRow]:
         """Segments of every state overlapping ``[start_90k, end_90k)``, ordered by start.
 
