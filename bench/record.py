@@ -35,14 +35,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FAKECAM_SCRIPT = REPO_ROOT / "tools" / "fakecam.py"
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the simulated camera's driver lives with the tests
+from support.fakecam import FakeCam  # noqa: E402
+
 NVR_BIN = REPO_ROOT / ".venv" / "bin" / "nvr"
 SYSTEM_PYTHON = "/usr/bin/python3"
 LOOPBACK = "127.0.0.1"
@@ -135,72 +136,11 @@ def _task_cpu_s(pid: int, tid: int) -> float:
 # --- the simulated camera -----------------------------------------------------------------
 
 
-class FakeCam:
-    """tools/fakecam.py with auth none; stdout goes to a file so it can never block."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.rtsp_port = 0
-        self.control_port = 0
-
-    def start(self, media_dir: Path, width: int, height: int, fps: int, timeout_s: float) -> None:
-        out = self.workdir / "fakecam.out"
-        err = self.workdir / "fakecam.err"
-        cmd = [
-            SYSTEM_PYTHON, str(FAKECAM_SCRIPT), "--rtsp-port", "0", "--control-port", "0",
-            "--auth", "none", "--media-dir", str(media_dir),
-            "--width", str(width), "--height", str(height), "--fps", str(fps),
-        ]  # fmt: skip
-        with out.open("wb") as stdout, err.open("wb") as stderr:
-            self.proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in out.read_text().splitlines():
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(msg, dict) and msg.get("ready") is True:
-                    self.rtsp_port = int(msg["rtsp_port"])
-                    self.control_port = int(msg["control_port"])
-                    return
-            if self.proc.poll() is not None:
-                raise BenchError(f"fakecam exited ({self.proc.returncode}): {_tail(err)}")
-            time.sleep(0.1)
-        self.stop()
-        raise BenchError(f"fakecam not ready within {timeout_s} s: {_tail(err)}")
-
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise BenchError("fakecam not started")
-        return self.proc.pid
-
-    def url(self, mount: str) -> str:
-        return f"rtsp://{LOOPBACK}:{self.rtsp_port}{mount}"
-
-    def clients(self) -> int:
-        url = f"http://{LOOPBACK}:{self.control_port}/stats"
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            mounts = json.loads(resp.read())["mounts"]
-        return sum(int(m["clients"]) for m in mounts.values())
-
-    def wait_idle(self, timeout_s: float) -> None:
-        """Until no client pipeline is left from the previous run (or the deadline)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.clients() > 0:
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+def wait_idle(cam: FakeCam, timeout_s: float) -> None:
+    """Until no client pipeline is left from the previous run (or the deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and sum(m.clients for m in cam.stats().values()) > 0:
+        time.sleep(0.2)
 
 
 def _tail(path: Path, limit: int = 1500) -> str:
@@ -654,13 +594,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     facts = machine_facts()
     facts["nvr_src"] = str(args.nvr_src) if args.nvr_src is not None else "installed (src/)"
     print(json.dumps(facts), file=sys.stderr)
-    cam = FakeCam(base)
+    cam = FakeCam()
     results: list[RunResult] = []
     try:
-        cam.start(media_dir, args.width, args.height, args.fps, timeout_s=300)
+        cam.start("none", media_dir=media_dir, width=args.width, height=args.height,
+                  fps=args.fps, timeout_s=300)
         for n in counts:
             for rec in recorders:
-                cam.wait_idle(30)
+                wait_idle(cam, 30)
                 workdir = base / f"{rec}-{n}"
                 workdir.mkdir()
                 print(f"bench: {rec} x {n} for {args.seconds:g} s ...", file=sys.stderr)

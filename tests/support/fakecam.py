@@ -230,6 +230,12 @@ class FakeCam:
 
     # --- lifecycle -------------------------------------------------------------------------
 
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise FakeCamError("not started")
+        return self._proc.pid
+
     def wait(self, timeout_s: float) -> int:
         """Wait for the process to exit by itself (after quit()); its exit code."""
         if self._proc is None:
