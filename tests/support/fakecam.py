@@ -33,6 +33,8 @@ from types import TracebackType
 from typing import IO, Literal, Self
 from urllib.parse import quote, urlsplit
 
+from nvr.storage.nal_framing import annexb_nal_units
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKECAM_SCRIPT = REPO_ROOT / "tools" / "fakecam.py"
 SYSTEM_PYTHON = "/usr/bin/python3"  # PyGObject is a Debian package, not in the venv
@@ -515,12 +517,6 @@ def depacketize(payloads: list[bytes], codec: Literal["h264", "h265"]) -> list[b
 
 def nal_type(nal: bytes, codec: Literal["h264", "h265"]) -> int:
     return nal[0] & 0x1F if codec == "h264" else (nal[0] >> 1) & 0x3F
-
-
-def annexb_nal_units(data: bytes) -> list[bytes]:
-    """Split an Annex B byte stream at its start codes (trailing zero bytes stripped)."""
-    parts = re.split(b"\x00\x00\x01", data)
-    return [part.rstrip(b"\x00") for part in parts[1:] if part.rstrip(b"\x00")]
 
 
 def clip_nal_units(clip: Path, codec: Literal["h264", "h265"]) -> list[bytes]:
