@@ -200,6 +200,61 @@ async def test_shutdown_in_the_middle_of_a_rotation_ends_the_run_where_recording
     assert run.end_90k > run.start_90k
 
 
+@pytest.mark.parametrize("step", ["start_run", "open_segment"])
+async def test_shutdown_during_an_index_insert_leaves_no_open_row(
+    tmp_path: Path, clip: Clip, step: str
+) -> None:
+    # The cancel lands after the row is committed but before the insert returns: the
+    # recorder must still know the row, so end_run closes it (and no file is missing).
+    clock = SimulatedClock()
+    index, rec = await _recorder(tmp_path, clock)
+    real = getattr(index, step)
+    inserted, release = asyncio.Event(), asyncio.Event()
+    armed = step == "start_run"
+
+    async def held(*args: object, **kwargs: object) -> object:
+        result = await real(*args, **kwargs)
+        if armed:
+            inserted.set()
+            await release.wait()
+        return result
+
+    setattr(index, step, held)
+    i = 0
+    while True:
+        clock.advance(FRAME_NS)
+        key = clip.units[i][1]
+        if step == "open_segment" and key and i > 0 and rec.stats().frames >= 40:
+            armed = True  # this keyframe rotates: hold the new segment's insert
+        if armed:
+            task = asyncio.create_task(
+                rec.video(unit(clip, i, i * FRAME_90K), clock.monotonic_ns())
+            )
+            await inserted.wait()
+            task.cancel()
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            break
+        await rec.video(unit(clip, i, i * FRAME_90K), clock.monotonic_ns())
+        i += 1
+    await rec.end_run(RunEndReason.SHUTDOWN)
+    await rec.close()
+    await index.close()
+    reader = IndexReader(tmp_path / "index.db")
+    [run] = reader.runs("cam")
+    assert run.end_reason == "shutdown"
+    segments = reader.segments("cam")
+    assert all(s.state == "closed" for s in segments)
+    for seg in segments:
+        assert ffprobe_errors(tmp_path / seg.path) == ""
+    if step == "open_segment":
+        # The keyframe that opened the new segment was kept in it: every frame fed is recorded.
+        assert len(segments) == 2 and segments[-1].video_frames == 1
+        assert recorded_units(tmp_path, reader) == [u for u, _ in clip.units[: i + 1]]
+        assert run.end_90k == segments[-1].end_90k
+
+
 async def test_rtcp_sender_report_stores_the_camera_clock_offset(
     tmp_path: Path, clip: Clip
 ) -> None:

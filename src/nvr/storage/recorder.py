@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from nvr.clock import Clock
 from nvr.errors import CameraClockJumpError, StorageError, StorageFullError
@@ -62,6 +64,23 @@ def audio_track_for(media: MediaDescription | None, mode: str) -> AudioTrackSpec
         config=config,
         mode="copy" if codec is AudioCodec.AAC else "aac",
     )
+
+
+_T = TypeVar("_T")
+
+
+async def _despite_cancel(aw: Awaitable[_T]) -> tuple[_T, bool]:
+    """Await ``aw`` to its end even if the caller is cancelled meanwhile.
+
+    Returns the result and whether a cancel arrived; the caller records the result (a row it
+    must later close) and then re-raises ``CancelledError``. Without this a shutdown landing
+    between an index insert and the recorder noting it leaves an ``open`` row nobody closes.
+    """
+    task = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task), False
+    except asyncio.CancelledError:
+        return await task, True
 
 
 @dataclass(slots=True)
@@ -151,7 +170,7 @@ class Recorder:
         self._audio_codec = self._audio.codec.value if self._audio is not None else None
         if audio is not None and self._audio is None and audio_mode != "off":
             log.warning(
-                "camera=%s audio %s/%d is not stored (audio = %r; G.711 needs audio = \"aac\")",
+                'camera=%s audio %s/%d is not stored (audio = %r; G.711 needs audio = "aac")',
                 self.camera_id,
                 audio.encoding,
                 audio.clock_rate,
@@ -164,8 +183,9 @@ class Recorder:
         if run is not None and au.loss_before:
             # The depacketizer dropped everything since the loss up to this keyframe: that
             # stretch is not recorded, so it is a gap with its reason, not a long last frame.
-            await self.end_run(RunEndReason.PACKET_LOSS,
-                               "packets lost; recording resumed at the next keyframe")
+            await self.end_run(
+                RunEndReason.PACKET_LOSS, "packets lost; recording resumed at the next keyframe"
+            )
             run = None
         if run is not None:
             try:
@@ -196,9 +216,11 @@ class Recorder:
                 rotate = self._policy.should_rotate(seg_start, frame_wall, True, au.new_parameters)
                 if rotate and not await self._close_segment(run, media_90k):
                     run, media_90k = await self._start_run(au, recv_mono_ns)
+        # Pending before the open: if a shutdown lands during the open, end_run still writes
+        # this keyframe into the new segment instead of leaving it empty.
+        self._pending = _Pending(au.nal_units, media_90k, au.is_keyframe)
         if run.segment is None:
             await self._open_segment(run, media_90k)
-        self._pending = _Pending(au.nal_units, media_90k, au.is_keyframe)
         recent = self._recent
         recent.append((recv_mono_ns, sum(len(n) for n in au.nal_units)))
         while recent[0][0] < recv_mono_ns - RATE_WINDOW_NS:
@@ -232,8 +254,11 @@ class Recorder:
         run.clock_offset_known = True
         await self._index.set_run_clock_offset(run.id, offset_ns)
         if abs(offset_ns) > CLOCK_WARN_NS:
-            log.warning("camera=%s clock is %+.1f s off the NVR clock (RTCP sender report)",
-                        self.camera_id, offset_ns / 1e9)
+            log.warning(
+                "camera=%s clock is %+.1f s off the NVR clock (RTCP sender report)",
+                self.camera_id,
+                offset_ns / 1e9,
+            )
 
     async def end_run(self, reason: RunEndReason, detail: str | None = None) -> None:
         """Close the open segment (its last frame keeps the previous frame's duration), end the run.
@@ -270,8 +295,13 @@ class Recorder:
                     detail = f"{detail}; {error}" if detail else str(error)
         finally:
             await self._index.end_run(run.id, end_90k, reason, detail)
-        log.info("camera=%s run %d ended: %s%s", self.camera_id, run.id, reason.value,
-                 f" ({detail})" if detail else "")
+        log.info(
+            "camera=%s run %d ended: %s%s",
+            self.camera_id,
+            run.id,
+            reason.value,
+            f" ({detail})" if detail else "",
+        )
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
@@ -286,7 +316,7 @@ class Recorder:
             start_wall_ns=self._clock.wall_ns(), start_mono_ns=self._clock.monotonic_ns()
         )
         media_90k = timeline.video(au.timestamp, recv_mono_ns)
-        run_id = await self._index.start_run(
+        run_id, cancelled = await _despite_cancel(self._index.start_run(
             self.camera_id,
             timeline.start_90k,
             video_codec=params.codec.value,
@@ -294,17 +324,25 @@ class Recorder:
             height=params.height,
             audio_codec=self._audio_codec,
             clock_offset_ns=self.clock_offset_ns,
-        )
+        ))  # fmt: skip
         self._params = params
         self._pending = None
         self._run = run = _Run(run_id, timeline,
                                clock_offset_known=self.clock_offset_ns is not None)  # fmt: skip
         self.runs += 1
+        if cancelled:
+            raise asyncio.CancelledError  # the run is noted: end_run will end its row
         if self.clock_offset_ns is not None and abs(self.clock_offset_ns) > CLOCK_WARN_NS:
             log.warning("camera=%s clock is %+.1f s off the NVR clock (ONVIF); run %d",
                         self.camera_id, self.clock_offset_ns / 1e9, run_id)  # fmt: skip
-        log.info("camera=%s run %d started (%s %sx%s)", self.camera_id, run_id,
-                 params.codec.value, params.width, params.height)
+        log.info(
+            "camera=%s run %d started (%s %sx%s)",
+            self.camera_id,
+            run_id,
+            params.codec.value,
+            params.width,
+            params.height,
+        )
         return run, media_90k
 
     async def _open_segment(self, run: _Run, media_90k: int) -> None:
@@ -312,10 +350,14 @@ class Recorder:
         assert params is not None
         start_90k = run.timeline.wall_90k(media_90k)
         rel = segment_rel_path(self.camera_id, start_90k)
-        seg_id = await self._index.open_segment(run.id, self.camera_id, rel, start_90k)
+        seg_id, cancelled = await _despite_cancel(
+            self._index.open_segment(run.id, self.camera_id, rel, start_90k)
+        )
         cmd = OpenSegment(self._root / rel, params, self._audio)
         self._writer.control(cmd)
         run.segment = _Segment(seg_id, rel, media_90k, start_90k, asyncio.wrap_future(cmd.done))
+        if cancelled:
+            raise asyncio.CancelledError  # the segment is noted: end_run will close it
 
     def _submit(self, cmd: WriteVideo | WriteAudio) -> None:
         if not self._writer.submit(cmd):
@@ -327,8 +369,12 @@ class Recorder:
         if seg.done.done():
             seg.done.result()  # raises the writer's error for this segment
         self._submit(
-            WriteVideo(pending.nal_units, pending.media_90k - seg.media_start_90k, duration_90k,
-                       pending.is_keyframe)
+            WriteVideo(
+                pending.nal_units,
+                pending.media_90k - seg.media_start_90k,
+                duration_90k,
+                pending.is_keyframe,
+            )
         )
         seg.frames += 1
         self.frames += 1
@@ -352,8 +398,11 @@ class Recorder:
         self._pending = None
         self._run = None
         if error is not None:
-            reason = (RunEndReason.DISK_FULL if isinstance(error, StorageFullError)
-                      else RunEndReason.ERROR)
+            reason = (
+                RunEndReason.DISK_FULL
+                if isinstance(error, StorageFullError)
+                else RunEndReason.ERROR
+            )
             await self._index.end_run(run.id, end_90k, reason, str(error))
             raise error
         await self._index.end_run(run.id, end_90k, RunEndReason.CLOCK_JUMP, str(split))
@@ -390,8 +439,13 @@ class Recorder:
                 return times.start_90k, exc
             end_90k = times.start_90k + recovered.media_duration_90k
             await self._index.close_segment(seg.id, end_90k, recovered, start_90k=times.start_90k)
-            log.error("camera=%s segment %s kept %d frames after a write error: %s",
-                      self.camera_id, seg.rel_path, recovered.video_frames, exc)
+            log.error(
+                "camera=%s segment %s kept %d frames after a write error: %s",
+                self.camera_id,
+                seg.rel_path,
+                recovered.video_frames,
+                exc,
+            )
             run.end_90k = end_90k
             return end_90k, exc
         await self._index.close_segment(seg.id, times.end_90k, facts, start_90k=times.start_90k)
