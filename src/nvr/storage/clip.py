@@ -1,0 +1,437 @@
+"""Any range of a camera's recording as one MP4, assembled from the segments without re-muxing.
+
+``plan_clip`` reads the index (segments, fragment maps, gaps) and, in a thread, each chosen
+fragment's ``moof``; it returns a ``Clip``: a small header made in memory (``mp4_write``)
+and the list of byte ranges of the segment files that form the ``mdat`` payload. Serving a
+byte range of the clip reads just those bytes, so HTTP ``Range`` requests and exports share
+one code path, and every video sample in the clip is the recorded sample byte for byte.
+
+The clip starts at the keyframe at or before the asked start (fragments are cut at every
+keyframe, so the fragment map finds it) and an edit list hides the frames before the start;
+the last frame is cut at the asked end by the same edit list. Gaps (between runs, or a
+segment that is missing) are skipped: the samples after a gap follow the samples before it,
+and the gaps are reported, in wall time, on the ``Clip`` and in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nvr.errors import StorageError
+from nvr.storage.index import Index
+from nvr.storage.index_rows import SegmentRow
+from nvr.storage.model import Fragment, SegmentState
+from nvr.storage.mp4_samples import Sample, Track, TrackFragment, parse_fragment, parse_tracks
+from nvr.storage.mp4_write import Chunk, Edit, TrackLayout, clip_header
+from nvr.storage.mp4box import parse_box_header
+
+_MOOF_READ_BYTES = 16 * 1024  # one read usually holds a whole moof (a few hundred bytes)
+
+
+class NoRecordingError(StorageError):
+    """Nothing playable was recorded in the asked range."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClipGap:
+    start_90k: int
+    end_90k: int
+    reason: str  # a run end reason, "missing" (a lost segment file) or "not_recorded"
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClipSource:
+    """A segment the clip takes samples from."""
+
+    segment_id: int
+    path: str  # relative to the storage root
+    sha256: str
+    size_bytes: int
+    start_90k: int
+    end_90k: int
+    run_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    path: Path
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Clip:
+    camera_id: str
+    asked_start_90k: int
+    asked_end_90k: int
+    first_frame_90k: int  # wall time of the keyframe the file's samples start with
+    delivered_start_90k: int  # start of the first frame shown (at or up to a frame before the
+    # asked start, or later when the range begins in a gap)
+    delivered_end_90k: int  # just past the last instant shown
+    shown_90k: int  # what a player shows: the delivered span minus the gaps inside it
+    video_frames: int
+    has_audio: bool
+    gaps: tuple[ClipGap, ...]
+    sources: tuple[ClipSource, ...]
+    header: bytes
+    pieces: tuple[Piece, ...]  # the mdat payload, in order
+    size_bytes: int
+    _starts: tuple[int, ...] = field(repr=False, compare=False, default=())
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Bytes ``[offset, offset + size)`` of the clip (blocking: file reads)."""
+        end = min(offset + size, self.size_bytes)
+        out = bytearray()
+        if offset < len(self.header):
+            out += self.header[offset:end]
+            offset = min(end, len(self.header))
+        i = bisect.bisect_right(self._starts, offset) - 1
+        while offset < end and 0 <= i < len(self.pieces):
+            piece, piece_at = self.pieces[i], self._starts[i]
+            skip = offset - piece_at
+            n = min(piece.size - skip, end - offset)
+            out += _pread(piece.path, piece.offset + skip, n)
+            offset += n
+            i += 1
+        return bytes(out)
+
+    def chunks(
+        self, start: int = 0, end: int | None = None, size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        """The clip's bytes from ``start`` to ``end`` in reads of at most ``size`` (blocking)."""
+        stop = self.size_bytes if end is None else min(end, self.size_bytes)
+        while start < stop:
+            data = self.read(start, min(size, stop - start))
+            yield data
+            start += len(data)
+
+
+def _pread(path: Path, offset: int, size: int) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError(f"segment {path} cannot be read: {exc.strerror}") from exc
+    try:
+        data = os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise StorageError(f"segment {path} is shorter than its index says (at byte {offset})")
+    return data
+
+
+# --- reading the chosen fragments of one segment (blocking) --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _SegmentRead:
+    row: SegmentRow
+    tracks: tuple[Track, ...]
+    fragments: tuple[tuple[TrackFragment, ...], ...]
+
+
+def _read_segment(root: Path, row: SegmentRow, frags: Sequence[Fragment]) -> _SegmentRead:
+    path = root / row.path
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError(f"segment {row.path} cannot be read: {exc.strerror}") from exc
+    try:
+        init = os.pread(fd, frags[0].byte_offset, 0)
+        pos, moov = 0, None
+        while (head := parse_box_header(init, pos)) is not None and head.size:
+            if head.box_type == b"moov":
+                moov = init[pos + head.header_size : pos + head.size]
+            pos += head.size
+        if moov is None:
+            raise StorageError(f"segment {row.path}: no moov before the first fragment")
+        tracks = parse_tracks(moov)
+        parsed = []
+        for frag in frags:
+            data = os.pread(fd, min(_MOOF_READ_BYTES, frag.size_bytes), frag.byte_offset)
+            head = parse_box_header(data)
+            if head is None or head.box_type != b"moof":
+                raise StorageError(f"segment {row.path}: no moof at byte {frag.byte_offset}")
+            if head.size > len(data):
+                data = os.pread(fd, head.size, frag.byte_offset)
+            payload = data[head.header_size : head.size]
+            parsed.append(parse_fragment(payload, frag.byte_offset, tracks))
+    finally:
+        os.close(fd)
+    return _SegmentRead(row, tracks, tuple(parsed))
+
+
+def _chosen(frags: Sequence[Fragment], rel_start_90k: int, rel_end_90k: int) -> slice:
+    """Fragments from the keyframe at or before ``rel_start`` to the last starting before end."""
+    first = 0
+    for i, f in enumerate(frags):
+        if f.media_start_90k > rel_start_90k:
+            break
+        if f.keyframe:
+            first = i
+    last = first
+    for i in range(first, len(frags)):
+        if frags[i].media_start_90k < rel_end_90k:
+            last = i
+    return slice(first, last + 1)
+
+
+# --- assembling -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _TrackBuild:
+    handler: bytes
+    timescale: int
+    track_id: int
+    width: int = 0
+    height: int = 0
+    entries: list[bytes] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    durations: list[int] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)  # clip time of each sample, track timescale
+    sync: list[bool] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)
+
+    def entry_index(self, entry: bytes) -> int:
+        if entry not in self.entries:
+            self.entries.append(entry)
+        return self.entries.index(entry) + 1
+
+
+def _scale(value: int, from_ts: int, to_ts: int) -> int:
+    return value * to_ts // from_ts
+
+
+class _Assembler:
+    """Walks the chosen samples in order and lays out tracks, chunks and pieces."""
+
+    def __init__(self, root: Path, start_90k: int, end_90k: int) -> None:
+        self.root = root
+        self.start_90k = start_90k
+        self.end_90k = end_90k
+        self.video = _TrackBuild(b"vide", 90_000, 1)
+        self.audio: _TrackBuild | None = None
+        self.order: list[tuple[int, int]] = []
+        self.pieces: list[Piece] = []
+        self.clip_90k = 0  # clip video time so far
+        self.first_frame_90k: int | None = None
+        self.start_frame_90k: int | None = None
+        self.last_wall_end_90k: int | None = None
+        self.spans: list[tuple[int, int]] = []  # wall spans of the samples taken, per segment
+
+    def _piece(self, path: Path, sample: Sample) -> None:
+        last = self.pieces[-1] if self.pieces else None
+        if last is not None and last.path == path and last.offset + last.size == sample.offset:
+            self.pieces[-1] = Piece(path, last.offset, last.size + sample.size)
+        else:
+            self.pieces.append(Piece(path, sample.offset, sample.size))
+
+    def add_segment(self, seg: _SegmentRead) -> None:
+        path = self.root / seg.row.path
+        vtrack = next((t for t in seg.tracks if t.handler == b"vide"), None)
+        if vtrack is None:
+            raise StorageError(f"segment {seg.row.path} has no video track")
+        atrack = next((t for t in seg.tracks if t.handler == b"soun"), None)
+        v = self.video
+        if not v.width:
+            v.width, v.height = vtrack.width, vtrack.height
+        v_entry = v.entry_index(vtrack.sample_entry)
+        seg_offset_90k: int | None = None  # clip time of the segment's media time 0
+        seg_clip_end_90k = self.clip_90k
+        span_start: int | None = None
+        for frag in seg.fragments:
+            vfrag = next((f for f in frag if f.track_id == vtrack.track_id), None)
+            if vfrag is None:
+                continue
+            t = vfrag.decode_time
+            count = size = 0
+            for s in vfrag.samples:
+                wall = seg.row.start_90k + _scale(t, vtrack.timescale, 90_000)
+                t += s.duration
+                if wall >= self.end_90k:
+                    break
+                if self.first_frame_90k is None:
+                    if not s.sync:
+                        continue  # only from a keyframe
+                    self.first_frame_90k = wall
+                if seg_offset_90k is None:
+                    seg_offset_90k = self.clip_90k - (wall - seg.row.start_90k)
+                    span_start = wall
+                if wall <= self.start_90k:
+                    self.start_frame_90k = wall  # the frame on screen at the asked start
+                duration_90k = _scale(s.duration, vtrack.timescale, 90_000)
+                v.sizes.append(s.size)
+                v.durations.append(duration_90k)
+                v.sync.append(s.sync)
+                self._piece(path, s)
+                self.clip_90k += duration_90k
+                self.last_wall_end_90k = wall + duration_90k
+                count += 1
+                size += s.size
+            if count:
+                self.order.append((0, len(v.chunks)))
+                v.chunks.append(Chunk(count, v_entry, size))
+                seg_clip_end_90k = self.clip_90k
+                if atrack is not None:
+                    self._add_audio(path, atrack, frag, seg_offset_90k or 0, seg_clip_end_90k)
+        if span_start is not None and self.last_wall_end_90k is not None:
+            self.spans.append((span_start, self.last_wall_end_90k))
+
+    def _add_audio(
+        self,
+        path: Path,
+        track: Track,
+        frag: tuple[TrackFragment, ...],
+        seg_offset_90k: int,
+        clip_end_90k: int,
+    ) -> None:
+        afrag = next((f for f in frag if f.track_id == track.track_id), None)
+        if afrag is None or not afrag.samples:
+            return
+        a = self.audio
+        if a is None:
+            a = self.audio = _TrackBuild(b"soun", track.timescale, 2)
+        if a.timescale != track.timescale:
+            return  # a different sample rate mid-clip: keep the first rate's audio only
+        entry = a.entry_index(track.sample_entry)
+        ts = a.timescale
+        t = afrag.decode_time + _scale(seg_offset_90k, 90_000, ts)
+        stop = _scale(clip_end_90k, 90_000, ts)
+        count = size = 0
+        for s in afrag.samples:
+            at, t = t, t + s.duration
+            if at < 0 or at >= stop or (a.times and at <= a.times[-1]):
+                continue  # before the clip, past its video, or overlapping the last one
+            if a.times:
+                a.durations[-1] = at - a.times[-1]  # a gap in the audio stretches the last one
+            a.times.append(at)
+            a.sizes.append(s.size)
+            a.durations.append(s.duration)
+            self._piece(path, s)
+            count += 1
+            size += s.size
+        if count:
+            self.order.append((1, len(a.chunks)))
+            a.chunks.append(Chunk(count, entry, size))
+
+
+def _gaps(
+    spans: list[tuple[int, int]], start_90k: int, end_90k: int, known: Sequence[ClipGap]
+) -> tuple[ClipGap, ...]:
+    """The stretches of [start, end) no taken sample covers, with the reasons the index knows."""
+    holes = []
+    at = start_90k
+    for s, e in spans:
+        if s > at:
+            holes.append((at, s))
+        at = max(at, e)
+    if at < end_90k:
+        holes.append((at, end_90k))
+    out = []
+    for s, e in holes:
+        why = next((g for g in known if g.start_90k < e and g.end_90k > s), None)
+        reason, detail = (why.reason, why.detail) if why else ("not_recorded", None)
+        out.append(ClipGap(s, e, reason, detail))
+    return tuple(out)
+
+
+async def plan_clip(index: Index, root: Path, camera_id: str, start_90k: int, end_90k: int) -> Clip:
+    """Plan the MP4 of ``[start_90k, end_90k)``; raises ``NoRecordingError`` when empty."""
+    rows = await index.segments(camera_id, start_90k, end_90k)
+    known = [ClipGap(g.start_90k, g.end_90k, g.reason.value, g.detail)
+             for g in await index.gaps(camera_id, start_90k, end_90k)]  # fmt: skip
+    for r in rows:
+        if r.state is SegmentState.MISSING and r.end_90k is not None:
+            known.append(ClipGap(r.start_90k, r.end_90k, "missing", f"segment {r.path} is lost"))
+    chosen: list[tuple[SegmentRow, list[Fragment]]] = []
+    for r in rows:
+        if r.state is not SegmentState.CLOSED or r.end_90k is None or r.end_90k <= start_90k:
+            continue
+        frags = await index.segment_fragments(r.id)
+        if frags:
+            cut = _chosen(frags, start_90k - r.start_90k, end_90k - r.start_90k)
+            chosen.append((r, list(frags[cut])))
+    if not chosen:
+        raise NoRecordingError(f"camera {camera_id}: nothing was recorded in the asked range")
+    return await asyncio.to_thread(_assemble, root, camera_id, start_90k, end_90k, chosen, known)
+
+
+def _assemble(  # noqa: PLR0917  (one private call site)
+    root: Path,
+    camera_id: str,
+    start_90k: int,
+    end_90k: int,
+    chosen: list[tuple[SegmentRow, list[Fragment]]],
+    known: Sequence[ClipGap],
+) -> Clip:
+    asm = _Assembler(root, start_90k, end_90k)
+    sources = []
+    for row, frags in chosen:
+        before = len(asm.video.sizes)
+        asm.add_segment(_read_segment(root, row, frags))
+        if len(asm.video.sizes) > before:
+            assert row.sha256 is not None and row.size_bytes is not None and row.end_90k
+            sources.append(ClipSource(row.id, row.path, row.sha256, row.size_bytes,
+                                      row.start_90k, row.end_90k, row.run_id))  # fmt: skip
+    first = asm.first_frame_90k
+    last_end = asm.last_wall_end_90k
+    if first is None or last_end is None:
+        raise NoRecordingError(f"camera {camera_id}: nothing was recorded in the asked range")
+    v = asm.video
+    # The edit list starts the picture at the frame on screen at the asked start (players drop
+    # a frame that begins before the edit, so starting mid-frame would skip that frame).
+    shown_from = asm.start_frame_90k if asm.start_frame_90k is not None else first
+    skip_90k = shown_from - first  # frames before it, decoded but hidden
+    trim_90k = max(0, last_end - end_90k)  # the last frame's overhang past the asked end
+    shown_90k = asm.clip_90k - skip_90k - trim_90k
+    gaps = _gaps(asm.spans, shown_from, end_90k, known)
+    delivered_start = shown_from
+    delivered_end = min(end_90k, last_end)
+    meta = {
+        "camera": camera_id,
+        "asked": [start_90k, end_90k],
+        "delivered": [delivered_start, delivered_end],
+        "gaps": [[g.start_90k, g.end_90k, g.reason] for g in gaps],
+        "segments": [[s.segment_id, s.sha256] for s in sources],
+        "time_unit": "1/90000 s since 1970-01-01T00:00:00Z",
+    }
+    tracks = [TrackLayout(1, b"vide", 90_000, tuple(v.entries), v.sizes, v.durations, v.sync,
+                          v.chunks, (Edit(shown_90k, skip_90k),), v.width, v.height)]  # fmt: skip
+    a = asm.audio
+    if a is not None and a.times:
+        ts = a.timescale
+        show_at = _scale(skip_90k, 90_000, ts)  # clip audio time of the first shown instant
+        edits: tuple[Edit, ...]
+        if a.times[0] <= show_at:
+            edits = (Edit(shown_90k, show_at - a.times[0]),)
+        else:
+            lead_90k = min(shown_90k, _scale(a.times[0] - show_at, ts, 90_000))
+            edits = (Edit(lead_90k, -1), Edit(shown_90k - lead_90k, 0))
+        tracks.append(TrackLayout(2, b"soun", ts, tuple(a.entries), a.sizes, a.durations, None,
+                                  a.chunks, edits))  # fmt: skip
+    else:
+        asm.order = [o for o in asm.order if o[0] == 0]
+    header, payload = clip_header(
+        tracks, asm.order, created_unix_s=delivered_start // 90_000,
+        tags=[(b"\xa9nam", f"{camera_id} {delivered_start // 90_000}"),
+              (b"\xa9cmt", json.dumps(meta, separators=(",", ":")))],
+    )  # fmt: skip
+    starts, at = [], len(header)
+    for p in asm.pieces:
+        starts.append(at)
+        at += p.size
+    if at != len(header) + payload:
+        raise StorageError("clip layout: pieces and chunks disagree")  # a bug, not bad input
+    return Clip(
+        camera_id, start_90k, end_90k, first, delivered_start, delivered_end, shown_90k,
+        len(v.sizes), len(tracks) > 1, gaps, tuple(sources), header, tuple(asm.pieces), at,
+        tuple(starts),
+    )  # fmt: skip
