@@ -1,4 +1,7 @@
-"""The first slice of the HTTP API over real loopback HTTP: health and camera status."""
+"""The first slice of the HTTP API over real loopback HTTP: health and camera status.
+
+Every client sends an admin token (tests/test_auth.py covers the token checks themselves).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from nvr.media import VideoAccessUnit, VideoCodec
 from nvr.storage.index import Index
 from nvr.storage.model import Fragment, RunEndReason, SegmentFile
 from nvr.storage.recorder import Recorder
+from support.api import auth_headers
 from support.media import encode_clip
 
 STATUS = CameraStatus(
@@ -34,8 +38,12 @@ STATUS = CameraStatus(
 STATUS_GATE = replace(STATUS, id="gate")
 
 
-async def test_health_and_camera_status() -> None:
-    async with TestClient(TestServer(make_app(lambda: [STATUS]))) as client:
+async def test_health_and_camera_status(tmp_path: Path) -> None:
+    async with (
+        await Index.open(tmp_path / "index.db") as index,
+        TestClient(TestServer(make_app(lambda: [STATUS], index)),
+                   headers=await auth_headers(index)) as client,
+    ):  # fmt: skip
         resp = await client.get("/healthz")
         assert resp.status == 200 and await resp.json() == {"status": "ok"}
         resp = await client.get("/api/v1/cameras")
@@ -46,8 +54,12 @@ async def test_health_and_camera_status() -> None:
         assert (await resp.json())["failures"] == 3
 
 
-async def test_unknown_camera_is_a_json_404() -> None:
-    async with TestClient(TestServer(make_app(lambda: [STATUS]))) as client:
+async def test_unknown_camera_is_a_json_404(tmp_path: Path) -> None:
+    async with (
+        await Index.open(tmp_path / "index.db") as index,
+        TestClient(TestServer(make_app(lambda: [STATUS], index)),
+                   headers=await auth_headers(index)) as client,
+    ):  # fmt: skip
         resp = await client.get("/api/v1/cameras/nope")
         assert resp.status == 404
         assert await resp.json() == {
@@ -75,7 +87,8 @@ async def test_recordings_lists_runs_segments_and_gaps_in_the_callers_offset(
 ) -> None:
     index = await _index_with_two_runs(tmp_path)
     try:
-        async with TestClient(TestServer(make_app(lambda: [STATUS_GATE], index))) as client:
+        app = make_app(lambda: [STATUS_GATE], index)
+        async with TestClient(TestServer(app), headers=await auth_headers(index)) as client:
             resp = await client.get("/api/v1/cameras/gate/recordings", params={
                 "start": "2026-11-29T03:00:00+07:00", "end": "2026-11-29T04:00:00+07:00"})
             assert resp.status == 200
@@ -109,7 +122,8 @@ async def test_bad_ranges_are_4xx_naming_the_problem(
 ) -> None:
     index = await Index.open(tmp_path / "index.db")
     try:
-        async with TestClient(TestServer(make_app(lambda: [STATUS_GATE], index))) as client:
+        app = make_app(lambda: [STATUS_GATE], index)
+        async with TestClient(TestServer(app), headers=await auth_headers(index)) as client:
             resp = await client.get("/api/v1/cameras/gate/recordings", params=params)
             assert resp.status == status
             assert (await resp.json())["error"]["code"] == code
@@ -125,7 +139,7 @@ async def test_every_route_is_in_the_openapi_document(tmp_path: Path) -> None:
         app = make_app(lambda: [STATUS_GATE], index, tmp_path)
         routes = {r.resource.canonical for r in app.router.routes()
                   if r.method != "HEAD" and r.resource is not None}  # fmt: skip
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(TestServer(app), headers=await auth_headers(index)) as client:
             doc = await (await client.get("/api/v1/openapi.json")).json()
             # Responses match the document's required fields (a light check of the schemas).
             camera = await (await client.get("/api/v1/cameras/gate")).json()
@@ -154,7 +168,7 @@ async def test_snapshot_decodes_the_keyframe_at_or_before_the_time(tmp_path: Pat
     at = format_rfc3339(run.start_90k + 90_000 + 45_000)  # 1.5 s in: the keyframe at 1 s
     try:
         app = make_app(lambda: [STATUS_GATE], index, tmp_path)
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(TestServer(app), headers=await auth_headers(index)) as client:
             resp = await client.get("/api/v1/cameras/gate/snapshot.jpg", params={"at": at})
             assert resp.status == 200 and resp.content_type == "image/jpeg"
             jpeg = await resp.read()

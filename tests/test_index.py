@@ -15,8 +15,14 @@ import pytest
 
 from nvr.clock import SimulatedClock
 from nvr.errors import StorageError, StorageFullError
-from nvr.storage.index import MAX_SEGMENT_90K, SCHEMA_VERSION, Index, segment_rel_path
-from nvr.storage.index_rows import Gap
+from nvr.storage.index import (
+    MAX_SEGMENT_90K,
+    SCHEMA_VERSION,
+    Index,
+    new_export_id,
+    segment_rel_path,
+)
+from nvr.storage.index_rows import ExportRow, ExportState, Gap
 from nvr.storage.model import Fragment, RunEndReason, SegmentFile, SegmentState
 
 S = 90_000  # one second in 90 kHz units
@@ -86,7 +92,8 @@ async def test_creates_schema_and_reopens_with_the_same_identity(db_path: Path) 
         meta = conn.execute("SELECT schema_version, storage_uuid FROM meta").fetchall()
         assert meta == [(SCHEMA_VERSION, uuid_)]
         tables = conn.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'table'").fetchall()
-    assert {name for name, _ in tables} == {"meta", "camera", "run", "segment"}
+    assert {name for name, _ in tables} == {
+        "meta", "camera", "run", "segment", "api_token", "export_job"}  # fmt: skip
     assert all(sql.rstrip().endswith("strict") for _, sql in tables)
     again = await Index.open(db_path)
     assert await again.storage_identity() == uuid_
@@ -118,7 +125,8 @@ async def test_refuses_a_newer_schema_version(db_path: Path) -> None:
     await (await Index.open(db_path)).close()
     with raw(db_path) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(StorageError, match=r"schema version 2 is newer than this nvr"):
+    newer = f"schema version {SCHEMA_VERSION + 1} is newer than this nvr"
+    with pytest.raises(StorageError, match=newer):
         await Index.open(db_path)
 
 
@@ -184,6 +192,29 @@ async def test_strict_tables_reject_wrong_types(ix: Index, db_path: Path) -> Non
         f"(1, 'cam-1', 'a.mp4', 'closed', 0, 9, 1, 9, 1, '{SHA.upper()}', x'01', 0, 0)",
         "INSERT INTO segment (run_id, camera_id, path, state, start_90k, created_90k) "
         "VALUES (1, 'cam-1', '/abs/a.mp4', 'open', 0, 0)",
+        # tokens: an unknown role, an upper-case hash, an empty name
+        f"INSERT INTO api_token (name, role, token_sha256, created_90k) VALUES ('a', 'root', "
+        f"'{SHA}', 0)",
+        f"INSERT INTO api_token (name, role, token_sha256, created_90k) VALUES ('a', 'admin', "
+        f"'{SHA.upper()}', 0)",
+        f"INSERT INTO api_token (name, role, token_sha256, created_90k) VALUES ('', 'admin', "
+        f"'{SHA}', 0)",
+        # exports: an empty range, done without a hash, failed without an error, a bad id
+        "INSERT INTO export_job (id, camera_id, start_90k, end_90k, reason, requested_by, "
+        "state, file_name, created_90k) VALUES ('0123456789abcdef', 'cam-1', 5, 5, 'r', 'p', "
+        "'queued', 'exports/a.mp4', 0)",
+        "INSERT INTO export_job (id, camera_id, start_90k, end_90k, reason, requested_by, "
+        "state, size_bytes, file_name, created_90k, started_90k, finished_90k) VALUES "
+        "('0123456789abcdef', 'cam-1', 0, 5, 'r', 'p', 'done', 9, 'exports/a.mp4', 0, 0, 0)",
+        "INSERT INTO export_job (id, camera_id, start_90k, end_90k, reason, requested_by, "
+        "state, file_name, created_90k, finished_90k) VALUES ('0123456789abcdef', 'cam-1', 0, "
+        "5, 'r', 'p', 'failed', 'exports/a.mp4', 0, 0)",
+        "INSERT INTO export_job (id, camera_id, start_90k, end_90k, reason, requested_by, "
+        "state, file_name, created_90k) VALUES ('export-1', 'cam-1', 0, 5, 'r', 'p', "
+        "'queued', 'exports/a.mp4', 0)",
+        "INSERT INTO export_job (id, camera_id, start_90k, end_90k, reason, requested_by, "
+        "state, file_name, created_90k) VALUES ('0123456789abcdef', 'cam-1', 0, 5, 'r', 'p', "
+        "'queued', '../a.mp4', 0)",
     ],
 )
 async def test_check_constraints_reject_bad_rows(ix: Index, db_path: Path, sql: str) -> None:
@@ -582,3 +613,97 @@ async def test_camera_identity_is_stored(tmp_path: Path) -> None:
     ).fetchone()
     con.close()
     assert row == ("SN-1", "44:19:b6:0a:0b:0c", "Acme", "AC-2000")
+
+
+# --- API tokens ----------------------------------------------------------------------------
+
+
+async def test_token_lifecycle(ix: Index) -> None:
+    added = await ix.add_token("ops", "operator", SHA)
+    assert (added.name, added.role, added.created_90k) == ("ops", "operator", T0)
+    assert added.last_used_90k is None and added.revoked_90k is None
+    assert await ix.token_by_hash(SHA) == added
+    assert await ix.token_by_hash("f" * 64) is None
+    with pytest.raises(StorageError, match="a token named 'ops' already exists"):
+        await ix.add_token("ops", "viewer", "e" * 64)
+    await ix.add_token("viewer", "viewer", "e" * 64)
+    assert [t.name for t in await ix.tokens()] == ["ops", "viewer"]
+    assert await ix.revoke_token("ops")
+    assert not await ix.revoke_token("ops")  # already revoked
+    assert not await ix.revoke_token("nobody")
+    assert await ix.token_by_hash(SHA) is None
+    [ops, _] = await ix.tokens()
+    assert ops.revoked_90k == T0
+    with pytest.raises(StorageError, match="already exists"):  # a revoked name stays taken
+        await ix.add_token("ops", "viewer", "d" * 64)
+
+
+async def test_token_use_is_recorded_at_most_once_a_minute(ix: Index) -> None:
+    token = await ix.add_token("ops", "operator", SHA)
+
+    async def last_used() -> int | None:
+        row = await ix.token_by_hash(SHA)
+        assert row is not None
+        return row.last_used_90k
+
+    await ix.touch_token(token.id, T0)
+    assert await last_used() == T0
+    await ix.touch_token(token.id, T0 + 59 * S)
+    assert await last_used() == T0
+    await ix.touch_token(token.id, T0 + 60 * S)
+    assert await last_used() == T0 + 60 * S
+
+
+# --- exports -------------------------------------------------------------------------------
+
+
+async def _export(ix: Index, export_id: str, token_name: str | None = None) -> ExportRow:
+    return await ix.create_export(
+        export_id, "cam-1", T0, T0 + 60 * S, reason="incident 42", requested_by="officer",
+        token_name=token_name, hold=True, file_name=f"exports/{export_id}.mp4",
+    )  # fmt: skip
+
+
+async def test_export_lifecycle(ix: Index) -> None:
+    first = await _export(ix, new_export_id(), "ops")
+    assert re.fullmatch(r"[0-9a-f]{16}", first.id)
+    assert first.state is ExportState.QUEUED and first.hold and first.token_name == "ops"
+    assert (first.created_90k, first.started_90k, first.finished_90k) == (T0, None, None)
+    assert await ix.export(first.id) == first
+    assert await ix.export("0" * 16) is None
+    second = await _export(ix, "00000000000000aa")
+    third = await _export(ix, "00000000000000bb")
+    assert [e.id for e in await ix.exports()] == [third.id, second.id, first.id]
+    assert [e.id for e in await ix.exports(limit=1)] == [third.id]
+
+    await ix.export_started(first.id)
+    await ix.export_done(first.id, 1234, SHA)
+    done = await ix.export(first.id)
+    assert done is not None and done.state is ExportState.DONE
+    assert (done.size_bytes, done.sha256, done.started_90k, done.finished_90k) == (
+        1234, SHA, T0, T0)  # fmt: skip
+    with pytest.raises(StorageError, match="state is done"):
+        await ix.export_failed(first.id, "too late")
+
+    await ix.export_started(second.id)
+    await ix.export_failed(second.id, "cannot read rtsp://admin:hunter2@10.0.0.5/x")
+    failed = await ix.export(second.id)
+    assert failed is not None and failed.state is ExportState.FAILED
+    assert failed.error is not None and "hunter2" not in failed.error
+    assert [e.id for e in await ix.unfinished_exports()] == [third.id]
+    with pytest.raises(StorageError, match="no such export"):
+        await ix.export_started("0" * 16)
+
+
+async def test_export_rows_are_checked(ix: Index) -> None:
+    with pytest.raises(StorageError, match="FOREIGN KEY"):
+        await ix.create_export("00000000000000cc", "no-such-camera", T0, T0 + S, reason="r",
+                               requested_by="p", token_name=None, hold=False,
+                               file_name="exports/x.mp4")  # fmt: skip
+    with pytest.raises(StorageError, match="not a plain path"):
+        await ix.create_export("00000000000000cc", "cam-1", T0, T0 + S, reason="r",
+                               requested_by="p", token_name=None, hold=False,
+                               file_name="/etc/x.mp4")  # fmt: skip
+    await _export(ix, "00000000000000cc")
+    with pytest.raises(StorageError, match="UNIQUE"):
+        await _export(ix, "00000000000000cc")

@@ -1,4 +1,5 @@
-"""The ``nvr`` command: ``run``, ``check-config``. Human output by default, JSON with --json."""
+"""The ``nvr`` command: ``run``, ``discover``, ``token``, ``check-config``. Human output by
+default, JSON with --json."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from nvr.config import Config, load_config
 from nvr.discover_cli import add_parser as add_discover_parser
 from nvr.errors import ConfigError, NvrError
 from nvr.logs import setup_logging
+from nvr.token_cli import add_parser as add_token_parser
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
 
     add_discover_parser(sub)
+    add_token_parser(sub)
 
     p = sub.add_parser("check-config", help="validate a configuration file")
     p.add_argument("file")

@@ -1,6 +1,8 @@
 """The OpenAPI 3.1 document of the API, served at /api/v1/openapi.json.
 
-Kept next to the routes by a test: every route the app serves must be described here.
+Kept next to the routes by a test: every route the app serves must be described here. The
+bearer-token requirement of each operation (and its 401/403 answers) is filled in from
+``auth.ROUTE_ROLES``, so the document cannot disagree with the policy.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from nvr import __version__
+from nvr.api.auth import TOKEN_NAME, Role, required_role
 
 _TIME = {
     "type": "string",
@@ -20,6 +23,17 @@ _ERROR = {
 }
 _CAMERA_ID = {"name": "id", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": "^[a-z0-9-]+$"}}  # fmt: skip
+_TOKEN_NAME = {"name": "id", "in": "path", "required": True, "description": "The token's name",
+               "schema": {"type": "string", "pattern": f"^{TOKEN_NAME.pattern}$"}}  # fmt: skip
+_UNAUTHORIZED = {
+    "description": "No bearer token, a malformed one, or one unknown or revoked",
+    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+_FORBIDDEN = {
+    "description": "The token's role is below the one this operation needs (x-nvr-role)",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
 
 
 def _json(schema_ref: str) -> dict[str, Any]:
@@ -27,7 +41,7 @@ def _json(schema_ref: str) -> dict[str, Any]:
 
 
 def document() -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "nvr", "version": __version__},
         "paths": {
@@ -61,9 +75,43 @@ def document() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
                     "400": _ERROR, "404": _ERROR}}},
+            "/api/v1/tokens": {
+                "get": {"summary": "Every API token (never the token itself)", "responses": {
+                    "200": {"description": "Tokens", **_json("#/components/schemas/TokenList")}}},
+                "post": {
+                    "summary": "Make a token; the response is the only time it is shown",
+                    "requestBody": {"required": True,
+                                    **_json("#/components/schemas/TokenRequest")},
+                    "responses": {
+                        "201": {"description": "The new token",
+                                **_json("#/components/schemas/NewToken")},
+                        "400": _ERROR, "409": _ERROR}}},
+            "/api/v1/tokens/{id}": {"delete": {
+                "summary": "Revoke a token", "parameters": [_TOKEN_NAME], "responses": {
+                    "204": {"description": "Revoked"}, "404": _ERROR}}},
         },
         "components": {"schemas": _schemas()},
     }  # fmt: skip
+    return _with_auth(doc)
+
+
+def _with_auth(doc: dict[str, Any]) -> dict[str, Any]:
+    """Mark each operation open (``security: []``) or needing a token of a role."""
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            role = required_role(method.upper(), path)
+            if role is None:
+                op["security"] = []
+                continue
+            op["x-nvr-role"] = role.value
+            op["responses"].setdefault("401", _UNAUTHORIZED)
+            op["responses"].setdefault("403", _FORBIDDEN)
+    doc["security"] = [{"bearerAuth": []}]
+    doc["components"]["securitySchemes"] = {"bearerAuth": {
+        "type": "http", "scheme": "bearer",
+        "description": "An nvr API token (`nvr token add`); roles: viewer < operator < admin",
+    }}  # fmt: skip
+    return doc
 
 
 def _nullable(kind: str) -> dict[str, Any]:
@@ -95,6 +143,11 @@ def _schemas() -> dict[str, Any]:
         "bytes": _nullable("integer"), "frames": _nullable("integer"),
         "sha256": _nullable("string"),
     }  # fmt: skip
+    token_props = {
+        "name": {"type": "string"}, "role": {"type": "string", "enum": [r.value for r in Role]},
+        "created": _TIME, "last_used": {**_TIME, "type": ["string", "null"]},
+        "revoked": {**_TIME, "type": ["string", "null"]},
+    }  # fmt: skip
     gap_props = {"start": _TIME, "end": _TIME, "reason": {"type": "string"},
                  "detail": _nullable("string")}  # fmt: skip
 
@@ -115,6 +168,14 @@ def _schemas() -> dict[str, Any]:
             "runs": {"type": "array", "items": {"$ref": "#/components/schemas/Run"}},
             "segments": {"type": "array", "items": {"$ref": "#/components/schemas/Segment"}},
             "gaps": {"type": "array", "items": {"$ref": "#/components/schemas/Gap"}},
+        }),
+        "Token": obj(token_props),
+        "TokenList": obj({"tokens": {"type": "array",
+                                     "items": {"$ref": "#/components/schemas/Token"}}}),
+        "NewToken": obj({"token": {"type": "string", "pattern": "^nvr_"}, **token_props}),
+        "TokenRequest": obj({
+            "name": {"type": "string", "pattern": f"^{TOKEN_NAME.pattern}$"},
+            "role": {"type": "string", "enum": [r.value for r in Role]},
         }),
         "Error": obj({"error": obj({"code": {"type": "string"},
                                     "message": {"type": "string"}})}),

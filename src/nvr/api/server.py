@@ -1,5 +1,7 @@
 """The HTTP API (first slices): health, camera status, recordings. Secrets never leave the process.
 
+Every route but ``/healthz`` needs a bearer token of a role high enough (``auth.py``).
+
 Errors are JSON ``{"error": {"code": ..., "message": ...}}``; a user's mistake is a 4xx that
 names the problem, never a 500.
 """
@@ -15,7 +17,9 @@ from pathlib import Path
 from aiohttp import web
 
 from nvr.api import openapi
+from nvr.api.auth import add_token_routes, auth_middleware
 from nvr.api.times import TimeFormatError, format_rfc3339, parse_rfc3339
+from nvr.clock import Clock
 from nvr.errors import StorageError
 from nvr.ingest.camera import CameraStatus
 from nvr.storage.index import Index
@@ -173,9 +177,14 @@ async def snapshot(request: web.Request) -> web.Response:
 
 
 def make_app(
-    status: StatusSource, index: Index | None = None, root: Path | None = None
+    status: StatusSource,
+    index: Index | None = None,
+    root: Path | None = None,
+    *,
+    clock: Clock | None = None,
 ) -> web.Application:
-    app = web.Application()
+    """The API. Tokens are checked against ``index``; without one only /healthz answers."""
+    app = web.Application(middlewares=[auth_middleware(index, clock=clock)])
     app[STATUS_KEY] = status
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
@@ -183,6 +192,7 @@ def make_app(
     app.router.add_get("/api/v1/cameras/{id}", camera)
     if index is not None:
         app[INDEX_KEY] = index
+        add_token_routes(app, index)
         app.router.add_get("/api/v1/cameras/{id}/recordings", recordings)
         if root is not None:
             app[ROOT_KEY] = root

@@ -1,4 +1,4 @@
-"""The recording index: cameras, runs and segments in SQLite.
+"""The recording index in SQLite: cameras, runs and segments; API tokens and clip exports.
 
 One writer connection takes every write, one transaction at a time (an ``asyncio.Lock``
 serializes them, and each transaction runs to its end even if the caller is cancelled). A
@@ -9,8 +9,9 @@ The writer runs with ``synchronous=FULL``: a commit is on disk when the call ret
 what invariant I2 needs (a segment row is durably ``open`` before its file gets any data) and
 it costs little, since the index commits a few times per segment, not per frame.
 
-The schema lives in ``schema.sql`` (units of every column are there); the storage lifecycle is
-described in ``docs/storage.md``. ``sqlite3`` errors become ``StorageError`` here, with the
+The schema lives in ``schema.sql`` (units of every column are there), and the steps that
+upgrade an older index in ``migrations.py``; the storage lifecycle is described in
+``docs/storage.md``. ``sqlite3`` errors become ``StorageError`` here, with the
 operation in the message (``StorageFullError`` when the disk is full).
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import secrets
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -37,18 +39,25 @@ from nvr.redact import redact_url
 from nvr.storage.fragment_map import decode_fragments, encode_fragments
 from nvr.storage.fsync import fsync_dir
 from nvr.storage.index_rows import (
+    EXPORT_COLUMNS,
     RUN_COLUMNS,
     SEGMENT_COLUMNS,
+    TOKEN_COLUMNS,
+    ExportRow,
     Gap,
     RunRow,
     SegmentRow,
+    TokenRow,
     derive_gaps,
+    export_row,
     run_row,
     segment_row,
+    token_row,
 )
+from nvr.storage.migrations import upgrade
 from nvr.storage.model import Fragment, RunEndReason, SegmentFile
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MAX_SEGMENT_90K = 2 * 3600 * 90_000
 """Longest wall duration of one segment; schema.sql holds the same bound (648000000).
@@ -63,6 +72,7 @@ _Params = Sequence[object] | Mapping[str, object]
 _BUSY_TIMEOUT_MS = 10_000
 _CAMERA_ID = re.compile(r"[a-z0-9-]+")
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/@:]*):[^\s/@]*@")
+_TOUCH_EVERY_90K = 60 * 90_000  # a token's last use is written at most this often
 
 
 # --- paths ----------------------------------------------------------------------------------
@@ -76,6 +86,11 @@ def segment_rel_path(camera_id: str, start_90k: int) -> str:
     t = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=start_90k // 90)
     stamp = f"{t:%Y%m%dT%H%M%S}.{t.microsecond // 1000:03d}Z"
     return f"{camera_id}/{t:%Y/%m/%d/%H}/{stamp}.mp4"
+
+
+def new_export_id() -> str:
+    """A random export id: 16 lower-case hex digits."""
+    return secrets.token_hex(8)
 
 
 def _check_rel_path(rel_path: str) -> None:
@@ -190,9 +205,6 @@ class Index:
                     f"index {db_path}: schema version {version} is newer than this nvr "
                     f"understands ({SCHEMA_VERSION}); upgrade nvr or restore a backup"
                 )
-            elif version < SCHEMA_VERSION:
-                # No older versions exist yet; upgrades will go here, one step per version.
-                raise StorageError(f"index {db_path}: no upgrade from schema version {version}")
             else:
                 meta = await _scalar(db, "SELECT schema_version FROM meta WHERE id = 1")
                 if meta != version:
@@ -200,6 +212,11 @@ class Index:
                         f"index {db_path}: meta.schema_version {meta} disagrees with "
                         f"user_version {version}"
                     )
+                if version < SCHEMA_VERSION:
+                    try:
+                        await upgrade(db, db_path, version, SCHEMA_VERSION)
+                    except StorageError as e:
+                        raise StorageError(f"index {db_path}: {e}") from e
             await db.execute("COMMIT")
             return version == 0
         except BaseException:
@@ -532,6 +549,157 @@ class Index:
         except StorageError as e:
             raise StorageError(f"index {self._path}: {what}: {e}") from e
 
+    # --- API tokens ---
+
+    async def add_token(self, name: str, role: str, token_sha256: str) -> TokenRow:
+        """Store a new token's hash under ``name``; a name already used (even by a revoked
+        token) is refused."""
+        created_90k = self._now_90k()
+
+        async def body(db: _Db) -> TokenRow:
+            if await _scalar(db, "SELECT 1 FROM api_token WHERE name = ?", (name,)):
+                raise StorageError(f"a token named {name!r} already exists")
+            cur = await db.execute(
+                "INSERT INTO api_token (name, role, token_sha256, created_90k) VALUES (?, ?, ?, ?)",
+                (name, role, token_sha256, created_90k),
+            )
+            assert cur.lastrowid is not None
+            return TokenRow(cur.lastrowid, name, role, created_90k, None, None)
+
+        return await self._write(f"add_token({name!r})", body)
+
+    async def token_by_hash(self, token_sha256: str) -> TokenRow | None:
+        """The valid (unrevoked) token with this hash, if any."""
+        sql = (
+            f"SELECT {TOKEN_COLUMNS} FROM api_token WHERE token_sha256 = ? AND revoked_90k IS NULL"
+        )
+        rows = await self._fetchall("token_by_hash", sql, (token_sha256,))
+        return token_row(rows[0]) if rows else None
+
+    async def tokens(self) -> list[TokenRow]:
+        """Every token, revoked ones included, by id."""
+        sql = f"SELECT {TOKEN_COLUMNS} FROM api_token ORDER BY id"
+        return [token_row(r) for r in await self._fetchall("tokens", sql, ())]
+
+    async def revoke_token(self, name: str) -> bool:
+        """Revoke the valid token named ``name``; False when there is none."""
+        now_90k = self._now_90k()
+
+        async def body(db: _Db) -> bool:
+            cur = await db.execute(
+                "UPDATE api_token SET revoked_90k = ? WHERE name = ? AND revoked_90k IS NULL",
+                (now_90k, name),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(f"revoke_token({name!r})", body)
+
+    async def touch_token(self, token_id: int, now_90k: int) -> None:
+        """Record a use of the token, unless one was recorded less than a minute before."""
+
+        async def body(db: _Db) -> None:
+            await db.execute(
+                "UPDATE api_token SET last_used_90k = ? WHERE id = ? AND "
+                "(last_used_90k IS NULL OR last_used_90k <= ?)",
+                (now_90k, token_id, now_90k - _TOUCH_EVERY_90K),
+            )
+
+        await self._write(f"touch_token({token_id})", body)
+
+    # --- exports ---
+
+    async def create_export(
+        self,
+        export_id: str,
+        camera_id: str,
+        start_90k: int,
+        end_90k: int,
+        *,
+        reason: str,
+        requested_by: str,
+        token_name: str | None,
+        hold: bool,
+        file_name: str,
+    ) -> ExportRow:
+        """Record a new export in state ``queued``."""
+        _check_rel_path(file_name)
+        created_90k = self._now_90k()
+
+        async def body(db: _Db) -> ExportRow:
+            await db.execute(
+                "INSERT INTO export_job (id, camera_id, start_90k, end_90k, reason, "
+                "requested_by, token_name, hold, state, file_name, created_90k) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                (export_id, camera_id, start_90k, end_90k, reason, requested_by, token_name,
+                 int(hold), file_name, created_90k),
+            )  # fmt: skip
+            row = await _fetch_export(db, export_id)
+            assert row is not None
+            return row
+
+        return await self._write(f"create_export({export_id}, camera {camera_id})", body)
+
+    async def export(self, export_id: str) -> ExportRow | None:
+        sql = f"SELECT {EXPORT_COLUMNS} FROM export_job WHERE id = ?"
+        rows = await self._fetchall(f"export({export_id})", sql, (export_id,))
+        return export_row(rows[0]) if rows else None
+
+    async def exports(self, limit: int = 100) -> list[ExportRow]:
+        """The ``limit`` most recent exports, newest first."""
+        sql = (
+            f"SELECT {EXPORT_COLUMNS} FROM export_job ORDER BY created_90k DESC, rowid DESC LIMIT ?"
+        )
+        return [export_row(r) for r in await self._fetchall("exports", sql, (limit,))]
+
+    async def unfinished_exports(self) -> list[ExportRow]:
+        """Exports queued or running (after a restart: the ones to run again), oldest first."""
+        sql = (
+            f"SELECT {EXPORT_COLUMNS} FROM export_job WHERE state IN ('queued', 'running') "
+            "ORDER BY created_90k, rowid"
+        )
+        return [export_row(r) for r in await self._fetchall("unfinished_exports", sql, ())]
+
+    async def export_started(self, export_id: str) -> None:
+        """Queued (or running again after a restart) to running, from now."""
+        await self._advance_export(
+            export_id, "export_started", "state = 'running', started_90k = :now", {}
+        )
+
+    async def export_done(self, export_id: str, size_bytes: int, sha256: str) -> None:
+        """The file is complete: record its size and hash."""
+        await self._advance_export(
+            export_id, "export_done",
+            "state = 'done', size_bytes = :size, sha256 = :sha, "
+            "started_90k = coalesce(started_90k, :now), finished_90k = :now",
+            {"size": size_bytes, "sha": sha256},
+        )  # fmt: skip
+
+    async def export_failed(self, export_id: str, error: str) -> None:
+        """The export failed; ``error`` is scrubbed of URL passwords."""
+        await self._advance_export(
+            export_id, "export_failed",
+            "state = 'failed', error = :error, finished_90k = :now",
+            {"error": _scrub(error)},
+        )  # fmt: skip
+
+    async def _advance_export(
+        self, export_id: str, what: str, assignments: str, params: dict[str, object]
+    ) -> None:
+        """Move an unfinished export on; one that is done or failed stays as it is."""
+        values = {**params, "now": self._now_90k(), "id": export_id}
+
+        async def body(db: _Db) -> None:
+            cur = await db.execute(
+                f"UPDATE export_job SET {assignments} "
+                "WHERE id = :id AND state IN ('queued', 'running')",
+                values,
+            )
+            if cur.rowcount != 1:
+                state = await _scalar(db, "SELECT state FROM export_job WHERE id = ?", (export_id,))
+                raise StorageError("no such export" if state is None else f"state is {state}")
+
+        await self._write(f"{what}({export_id})", body)
+
 
 def _settle(task: asyncio.Future[Any]) -> None:
     """Mark a write's exception as seen; the awaiting caller (if any) still gets it."""
@@ -550,3 +718,11 @@ async def _scalar(db: _Db, sql: str, params: Sequence[object] = ()) -> Any:
     async with db.execute(sql, params) as cur:
         row = await cur.fetchone()
     return None if row is None else row[0]
+
+
+async def _fetch_export(db: _Db, export_id: str) -> ExportRow | None:
+    async with db.execute(
+        f"SELECT {EXPORT_COLUMNS} FROM export_job WHERE id = ?", (export_id,)
+    ) as cur:
+        row = await cur.fetchone()
+    return None if row is None else export_row(row)

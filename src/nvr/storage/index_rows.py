@@ -1,4 +1,5 @@
-"""What the index's queries return: run, segment and gap rows, and how gaps are derived.
+"""What the index's queries return: run, segment, gap, token and export rows, and how gaps are
+derived.
 
 Pure: the row types, the column lists the queries select, the tuple-to-row conversions, and
 ``derive_gaps`` over a snapshot of runs. ``index.Index`` runs the SQL.
@@ -7,6 +8,7 @@ Pure: the row types, the column lists the queries select, the tuple-to-row conve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from nvr.storage.model import RunEndReason, SegmentState
@@ -57,6 +59,45 @@ class Gap:
     next_run_id: int | None  # the run that ends the gap; None when the gap reaches the range end
 
 
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """An API token, without its hash (that never leaves the index)."""
+
+    id: int
+    name: str
+    role: str  # 'viewer', 'operator' or 'admin'
+    created_90k: int
+    last_used_90k: int | None  # None until first used; refreshed at most once a minute
+    revoked_90k: int | None  # None while valid
+
+
+class ExportState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRow:
+    id: str  # 16 lower-case hex digits
+    camera_id: str
+    start_90k: int
+    end_90k: int  # exclusive
+    reason: str
+    requested_by: str
+    token_name: str | None  # the API token that asked; None from the CLI
+    hold: bool  # keep the covered recording from retention
+    state: ExportState
+    error: str | None  # set exactly when failed
+    size_bytes: int | None  # set exactly when done
+    sha256: str | None  # set exactly when done
+    file_name: str  # relative to the storage root, '/'-separated
+    created_90k: int
+    started_90k: int | None
+    finished_90k: int | None  # set once done or failed
+
+
 RUN_COLUMNS = (
     "id, camera_id, start_90k, end_90k, end_reason, end_detail, clock_offset_ns, "
     "video_codec, width, height, audio_codec"
@@ -64,6 +105,12 @@ RUN_COLUMNS = (
 SEGMENT_COLUMNS = (
     "id, run_id, camera_id, path, state, start_90k, end_90k, media_duration_90k, bytes, "
     "video_frames, sha256, created_90k, closed_90k"
+)
+
+TOKEN_COLUMNS = "id, name, role, created_90k, last_used_90k, revoked_90k"
+EXPORT_COLUMNS = (
+    "id, camera_id, start_90k, end_90k, reason, requested_by, token_name, hold, state, error, "
+    "size_bytes, sha256, file_name, created_90k, started_90k, finished_90k"
 )
 
 
@@ -77,6 +124,17 @@ def segment_row(r: Any) -> SegmentRow:
         r[0], r[1], r[2], r[3], SegmentState(r[4]), r[5], r[6], r[7], r[8], r[9], r[10], r[11],
         r[12],
     )
+
+
+def token_row(r: Any) -> TokenRow:
+    return TokenRow(r[0], r[1], r[2], r[3], r[4], r[5])
+
+
+def export_row(r: Any) -> ExportRow:
+    return ExportRow(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), ExportState(r[8]), r[9], r[10],
+        r[11], r[12], r[13], r[14], r[15],
+    )  # fmt: skip
 
 
 def derive_gaps(camera_id: str, start_90k: int, end_90k: int, runs: list[RunRow]) -> list[Gap]:

@@ -1,4 +1,4 @@
--- The recording index: cameras, runs and segments.
+-- The recording index: cameras, runs and segments; API tokens and clip exports.
 --
 -- This file is the single source of truth for the schema; docs/storage.md explains the
 -- lifecycle around it. It is executed statement by statement inside one transaction when a
@@ -17,7 +17,9 @@
 -- touch (one's end equals the other's start) do not overlap.
 --
 -- The schema version is PRAGMA user_version (read before any table is touched) and is copied
--- into meta.schema_version in the same transaction; the two must agree.
+-- into meta.schema_version in the same transaction; the two must agree. This file is the
+-- current version (2) for a new index; an older index is brought up to it by the steps in
+-- migrations.py, in the same transaction that checks the version.
 
 -- One row describing the index itself.
 create table meta (
@@ -247,3 +249,109 @@ when exists (
 begin
   select raise(abort, 'segment overlaps another segment of its run');
 end;
+
+
+-- A bearer token for the HTTP API (schema version 2). Only the token's SHA-256 is kept: the
+-- token itself is shown once, when it is made, and cannot be recovered from the index.
+create table api_token (
+  -- Row id, assigned by SQLite.
+  id integer primary key,
+
+  -- Who or what holds the token, e.g. 'ops-laptop'; names the token in the CLI, the API and
+  -- the export audit trail. Kept after revocation, so a name is never reused.
+  name text not null unique check (name <> ''),
+
+  -- What the token may do: 'viewer' < 'operator' < 'admin' (nvr/api/auth.py has the routes
+  -- each role reaches).
+  role text not null check (role in ('viewer', 'operator', 'admin')),
+
+  -- SHA-256 of the whole token string, 64 lower-case hex digits.
+  token_sha256 text not null unique check (
+    length(token_sha256) = 64 and token_sha256 not glob '*[^0-9a-f]*'
+  ),
+
+  -- When the token was made, NVR wall clock, 90 kHz units since the epoch.
+  created_90k integer not null,
+
+  -- When the token last opened a request, NVR wall clock, 90 kHz units since the epoch; NULL
+  -- until first used. Refreshed at most once a minute, so requests are not writes.
+  last_used_90k integer,
+
+  -- When the token was revoked, NVR wall clock, 90 kHz units since the epoch; NULL while it is
+  -- valid. A revoked row is kept as a record of who had access.
+  revoked_90k integer
+) strict;
+
+
+-- A request to cut a time range of one camera into a single MP4 file (schema version 2).
+-- Rows are kept after the job ends: they are the record of who exported what, and why.
+create table export_job (
+  -- Random id, 16 lower-case hex digits; also names the file.
+  id text primary key check (length(id) = 16 and id not glob '*[^0-9a-f]*'),
+
+  -- The camera whose recording is exported.
+  camera_id text not null references camera (id),
+
+  -- Start of the exported range, 90 kHz units since the epoch.
+  start_90k integer not null,
+
+  -- End of the exported range (exclusive), 90 kHz units since the epoch.
+  end_90k integer not null,
+
+  -- Why the clip was asked for (free text from the requester, e.g. an incident number).
+  reason text not null check (reason <> ''),
+
+  -- The person the export is for, as the requester gave it.
+  requested_by text not null check (requested_by <> ''),
+
+  -- Name of the API token that asked (api_token.name); NULL when made from the CLI.
+  token_name text,
+
+  -- 1 when the recording the export covers is to be kept from retention (a hold), else 0.
+  hold integer not null default 1 check (hold in (0, 1)),
+
+  -- Progress: 'queued' (waiting), 'running' (being written), 'done' (the file is complete;
+  -- size_bytes and sha256 describe it), 'failed' (error says why).
+  state text not null check (state in ('queued', 'running', 'done', 'failed')),
+
+  -- Why the export failed; NULL unless state is 'failed'. Never holds a secret.
+  error text,
+
+  -- Size of the finished file in bytes; NULL unless state is 'done'.
+  size_bytes integer check (size_bytes >= 0),
+
+  -- SHA-256 of the finished file, 64 lower-case hex digits; NULL unless state is 'done'.
+  sha256 text check (length(sha256) = 64 and sha256 not glob '*[^0-9a-f]*'),
+
+  -- Path of the clip relative to the storage root, with '/' separators, e.g.
+  -- 'exports/<id>.mp4'.
+  file_name text not null check (
+    file_name <> '' and substr(file_name, 1, 1) <> '/' and file_name not glob '*\*'
+    and file_name not glob '*..*'
+  ),
+
+  -- When the export was asked for, NVR wall clock, 90 kHz units since the epoch.
+  created_90k integer not null,
+
+  -- When writing the file began, NVR wall clock, 90 kHz units since the epoch; NULL while
+  -- queued (and for an export that failed before it started).
+  started_90k integer,
+
+  -- When the export ended (done or failed), NVR wall clock, 90 kHz units since the epoch;
+  -- NULL until then.
+  finished_90k integer,
+
+  check (end_90k > start_90k),
+  check ((state = 'failed') = (error is not null)),
+  check ((state = 'done') = (size_bytes is not null)),
+  check ((state = 'done') = (sha256 is not null)),
+  check ((state in ('done', 'failed')) = (finished_90k is not null)),
+  check (state <> 'queued' or started_90k is null),
+  check (state not in ('running', 'done') or started_90k is not null)
+) strict;
+
+-- Exports newest first, for the list.
+create index export_job_created on export_job (created_90k);
+
+-- Exports still to run (after a restart: the ones to pick up again).
+create index export_job_unfinished on export_job (state) where state in ('queued', 'running');
