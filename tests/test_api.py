@@ -16,9 +16,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from nvr.api.server import make_app
 from nvr.api.times import format_rfc3339
 from nvr.clock import SimulatedClock
+from nvr.exports import ExportManager
 from nvr.ingest.camera import CameraState, CameraStatus
 from nvr.media import VideoAccessUnit, VideoCodec
 from nvr.storage.index import Index
+from nvr.storage.leases import ReaderLeases
 from nvr.storage.model import Fragment, RunEndReason, SegmentFile
 from nvr.storage.recorder import Recorder
 from support.api import auth_headers
@@ -136,7 +138,9 @@ async def test_bad_ranges_are_4xx_naming_the_problem(
 async def test_every_route_is_in_the_openapi_document(tmp_path: Path) -> None:
     index = await Index.open(tmp_path / "index.db")
     try:
-        app = make_app(lambda: [STATUS_GATE], index, tmp_path)
+        leases = ReaderLeases()
+        exports = ExportManager(index, tmp_path, leases)
+        app = make_app(lambda: [STATUS_GATE], index, tmp_path, leases=leases, exports=exports)
         routes = {r.resource.canonical for r in app.router.routes()
                   if r.method != "HEAD" and r.resource is not None}  # fmt: skip
         async with TestClient(TestServer(app), headers=await auth_headers(index)) as client:

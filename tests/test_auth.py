@@ -17,8 +17,10 @@ from nvr.api.auth import ROUTE_ROLES, TOKEN_PREFIX, Role, required_role, token_s
 from nvr.api.server import make_app
 from nvr.cli import main
 from nvr.clock import SimulatedClock
+from nvr.exports import ExportManager
 from nvr.ingest.camera import CameraState, CameraStatus
 from nvr.storage.index import Index
+from nvr.storage.leases import ReaderLeases
 from support.api import add_token, bearer
 
 S_NS = 10**9
@@ -42,7 +44,10 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     async with await Index.open(tmp_path / "index.db", clock=clock) as index:
         await index.upsert_camera("gate", "Gate", "rtsp://h/")
         tokens = {role: await add_token(index, role, f"{role}-token") for role in Role}
-        app = make_app(lambda: [STATUS], index, tmp_path, clock=clock)
+        leases = ReaderLeases()
+        exports = ExportManager(index, tmp_path, leases)
+        app = make_app(lambda: [STATUS], index, tmp_path, clock=clock, leases=leases,
+                       exports=exports)  # fmt: skip
         async with TestClient(TestServer(app)) as client:
             yield Api(client, index, clock, tokens)
 

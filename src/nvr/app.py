@@ -12,10 +12,12 @@ from aiohttp import web
 from nvr.api.server import make_app
 from nvr.clock import Clock, SystemClock
 from nvr.config import CameraConfig, Config
+from nvr.exports import ExportManager
 from nvr.ingest.camera import CameraState, CameraStatus, CameraSupervisor
 from nvr.ingest.onvif import DeviceIdentity
 from nvr.ingest.source import FixedSource, OnvifSource, StreamSource
 from nvr.storage.index import Index
+from nvr.storage.leases import ReaderLeases
 from nvr.storage.recorder import Recorder
 from nvr.storage.recovery import check_mounted, check_storage_identity, recover
 from nvr.storage.segmenter import assign_staggers
@@ -32,6 +34,8 @@ class App:
         self.supervisors: list[CameraSupervisor] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
+        self.leases = ReaderLeases()  # segments being read: not to be deleted (I6)
+        self.exports: ExportManager | None = None
 
     def statuses(self) -> list[CameraStatus]:
         return [s.status() for s in self.supervisors]
@@ -48,8 +52,15 @@ class App:
         check_storage_identity(root, await index.storage_identity(), index_is_new)
         report = await recover(index, root)
         if report.segments_recovered or report.runs_ended:
-            log.info("recovered %d segments (%d frames), ended %d runs as crash",
-                     report.segments_recovered, report.frames_kept, report.runs_ended)
+            log.info(
+                "recovered %d segments (%d frames), ended %d runs as crash",
+                report.segments_recovered,
+                report.frames_kept,
+                report.runs_ended,
+            )
+        self.exports = ExportManager(index, root, self.leases,
+                                     concurrency=cfg.api.export_concurrency)  # fmt: skip
+        await self.exports.start()
         segment_90k = cfg.storage.segment_seconds * 90_000
         staggers = assign_staggers((c.id for c in cfg.cameras), segment_90k)
         for cam in cfg.cameras:
@@ -68,7 +79,10 @@ class App:
             self._tasks.append(asyncio.create_task(sup.run_forever(), name=f"camera-{cam.id}"))
         if serve_api:
             host, _, port = cfg.api.listen.rpartition(":")
-            self._runner = web.AppRunner(make_app(self.statuses, index, root), access_log=None)
+            api = make_app(self.statuses, index, root, clock=self.clock, leases=self.leases,
+                           exports=self.exports,
+                           max_clip_90k=cfg.api.max_clip_seconds * 90_000)  # fmt: skip
+            self._runner = web.AppRunner(api, access_log=None)
             await self._runner.setup()
             await web.TCPSite(self._runner, host.strip("[]"), int(port)).start()
             log.info("API listening on http://%s", cfg.api.listen)
@@ -102,6 +116,8 @@ class App:
         await asyncio.gather(*(s.recorder.close() for s in self.supervisors))
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.exports is not None:
+            await self.exports.stop()  # unfinished jobs resume at the next start
         if self.index is not None:
             await self.index.close()
 

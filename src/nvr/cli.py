@@ -12,6 +12,7 @@ from pathlib import Path
 import uvloop
 
 from nvr import __version__
+from nvr.clip_cli import add_parser as add_clip_parser
 from nvr.config import Config, load_config
 from nvr.discover_cli import add_parser as add_discover_parser
 from nvr.errors import ConfigError, NvrError
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_discover_parser(sub)
     add_token_parser(sub)
+    add_clip_parser(sub)
 
     p = sub.add_parser("check-config", help="validate a configuration file")
     p.add_argument("file")

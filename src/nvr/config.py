@@ -56,6 +56,8 @@ class StorageConfig(_Model):
 
 class ApiConfig(_Model):
     listen: str = "127.0.0.1:8080"
+    max_clip_seconds: Annotated[int, Field(ge=1, le=7 * 86_400)] = 86_400  # video.mp4, exports
+    export_concurrency: Annotated[int, Field(ge=1, le=16)] = 2  # export jobs writing at once
 
     @field_validator("listen")
     @classmethod

@@ -25,6 +25,15 @@ _CAMERA_ID = {"name": "id", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": "^[a-z0-9-]+$"}}  # fmt: skip
 _TOKEN_NAME = {"name": "id", "in": "path", "required": True, "description": "The token's name",
                "schema": {"type": "string", "pattern": f"^{TOKEN_NAME.pattern}$"}}  # fmt: skip
+_EXPORT_ID = {"name": "id", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}  # fmt: skip
+_CLIP_HEADERS = {
+    "Content-Disposition": {"schema": {"type": "string"}},
+    "ETag": {"schema": {"type": "string"}},
+    "X-Nvr-Delivered": {"description": "start/end actually shown", "schema": {"type": "string"}},
+    "X-Nvr-Gaps": {"description": "start/end;reason=R for each gap skipped, comma-separated",
+                   "schema": {"type": "string"}},
+}  # fmt: skip
 _UNAUTHORIZED = {
     "description": "No bearer token, a malformed one, or one unknown or revoked",
     "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
@@ -75,6 +84,55 @@ def document() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
                     "400": _ERROR, "404": _ERROR}}},
+            "/api/v1/cameras/{id}/video.mp4": {"get": {
+                "summary": "[start, end) as one MP4 (gaps skipped); honours Range",
+                "description": (
+                    "Starts at the keyframe at or before `start`; an edit list starts the "
+                    "picture at the frame on screen at `start`. No transcoding: every video "
+                    "sample is the recorded one. X-Nvr-Gaps lists skipped gaps with reasons; "
+                    "the file's comment tag holds the same facts as JSON."),
+                "parameters": [
+                    _CAMERA_ID,
+                    {"name": "start", "in": "query", "required": True, "schema": _TIME},
+                    {"name": "end", "in": "query", "required": True, "schema": _TIME},
+                    {"name": "Range", "in": "header", "required": False,
+                     "schema": {"type": "string", "examples": ["bytes=0-1023", "bytes=-500"]}},
+                ],
+                "responses": {
+                    "200": {"description": "The whole clip", "headers": _CLIP_HEADERS,
+                            "content": {"video/mp4": {}}},
+                    "206": {"description": "A byte range of the clip", "headers": _CLIP_HEADERS,
+                            "content": {"video/mp4": {}}},
+                    "400": _ERROR, "404": _ERROR, "409": _ERROR,
+                    "416": {"description": "No byte of the asked range exists"}}}},
+            "/api/v1/exports": {
+                "get": {"summary": "Export jobs, newest first", "responses": {
+                    "200": {"description": "Exports",
+                            **_json("#/components/schemas/ExportList")}}},
+                "post": {
+                    "summary": "Start an export job: the clip and its JSON manifest",
+                    "requestBody": {"required": True,
+                                    **_json("#/components/schemas/ExportRequest")},
+                    "responses": {
+                        "202": {"description": "Queued", **_json("#/components/schemas/Export")},
+                        "400": _ERROR, "404": _ERROR}}},
+            "/api/v1/exports/{id}": {"get": {
+                "summary": "An export's state, progress, size and SHA-256",
+                "parameters": [_EXPORT_ID], "responses": {
+                    "200": {"description": "Export", **_json("#/components/schemas/Export")},
+                    "404": _ERROR}}},
+            "/api/v1/exports/{id}/file": {"get": {
+                "summary": "The exported MP4 (Range honoured); Repr-Digest carries its SHA-256",
+                "parameters": [_EXPORT_ID], "responses": {
+                    "200": {"description": "The clip", "content": {"video/mp4": {}}},
+                    "206": {"description": "A byte range", "content": {"video/mp4": {}}},
+                    "404": _ERROR, "409": _ERROR,
+                    "416": {"description": "No byte of the asked range exists"}}}},
+            "/api/v1/exports/{id}/manifest": {"get": {
+                "summary": "The export's manifest (identity, ranges, gaps, sources, clocks)",
+                "parameters": [_EXPORT_ID], "responses": {
+                    "200": {"description": "Manifest", "content": {"application/json": {}}},
+                    "404": _ERROR, "409": _ERROR}}},
             "/api/v1/tokens": {
                 "get": {"summary": "Every API token (never the token itself)", "responses": {
                     "200": {"description": "Tokens", **_json("#/components/schemas/TokenList")}}},
@@ -177,6 +235,28 @@ def _schemas() -> dict[str, Any]:
             "name": {"type": "string", "pattern": f"^{TOKEN_NAME.pattern}$"},
             "role": {"type": "string", "enum": [r.value for r in Role]},
         }),
+        "ExportRequest": {**obj({
+            "camera": {"type": "string", "pattern": "^[a-z0-9-]+$", "maxLength": 64},
+            "start": _TIME, "end": _TIME,
+            "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+            "requested_by": {"type": "string", "minLength": 1, "maxLength": 500},
+            "hold": {"type": "boolean", "default": True,
+                     "description": "Keep the source recording from retention"},
+        }), "required": ["camera", "start", "end", "reason", "requested_by"]},
+        "Export": obj({
+            "id": {"type": "string"}, "camera": {"type": "string"}, "start": _TIME, "end": _TIME,
+            "reason": {"type": "string"}, "requested_by": {"type": "string"},
+            "token_name": _nullable("string"), "hold": {"type": "boolean"},
+            "state": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "size_bytes": _nullable("integer"), "sha256": _nullable("string"),
+            "error": _nullable("string"), "created": _TIME,
+            "started": {**_TIME, "type": ["string", "null"]},
+            "finished": {**_TIME, "type": ["string", "null"]},
+            "file": _nullable("string"), "manifest": _nullable("string"),
+        }),
+        "ExportList": obj({"exports": {"type": "array",
+                                       "items": {"$ref": "#/components/schemas/Export"}}}),
         "Error": obj({"error": obj({"code": {"type": "string"},
                                     "message": {"type": "string"}})}),
     }  # fmt: skip

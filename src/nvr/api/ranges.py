@@ -31,9 +31,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise UnsatisfiableRange(f"bytes=-0 of {size}")
         return max(0, size - n), size
     start = int(m[1])
-    end = int(m[2]) + 1 if m[2] else size
-    if end <= start:
+    if m[2] and int(m[2]) < start:
         return None  # last-byte-pos before first-byte-pos: invalid, ignored
     if start >= size:
         raise UnsatisfiableRange(f"bytes={start}- of {size}")
+    end = int(m[2]) + 1 if m[2] else size
     return start, min(end, size)

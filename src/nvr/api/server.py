@@ -9,7 +9,6 @@ names the problem, never a 500.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import timezone
 from pathlib import Path
@@ -18,24 +17,28 @@ from aiohttp import web
 
 from nvr.api import openapi
 from nvr.api.auth import add_token_routes, auth_middleware
+from nvr.api.common import (
+    INDEX_KEY,
+    ROOT_KEY,
+    STATUS_KEY,
+    StatusSource,
+    error,
+    find_camera,
+    no_camera,
+    range_query,
+)
+from nvr.api.exports import add_export_routes
 from nvr.api.times import TimeFormatError, format_rfc3339, parse_rfc3339
+from nvr.api.video import add_video_routes
 from nvr.clock import Clock
 from nvr.errors import StorageError
+from nvr.exports import ExportManager
 from nvr.ingest.camera import CameraStatus
 from nvr.storage.index import Index
 from nvr.storage.index_rows import Gap, RunRow, SegmentRow
+from nvr.storage.leases import ReaderLeases
 from nvr.storage.model import SegmentState
 from nvr.storage.snapshot import keyframe_jpeg
-
-StatusSource = Callable[[], Sequence[CameraStatus]]
-STATUS_KEY: web.AppKey[StatusSource] = web.AppKey("status")
-INDEX_KEY: web.AppKey[Index] = web.AppKey("index")
-ROOT_KEY: web.AppKey[Path] = web.AppKey("root")
-MAX_RANGE_90K = 7 * 24 * 3600 * 90_000  # one query covers at most a week
-
-
-def error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
 def _status_json(st: CameraStatus) -> dict[str, object]:
@@ -55,35 +58,9 @@ async def cameras(request: web.Request) -> web.Response:
     return web.json_response({"cameras": [_status_json(s) for s in statuses]})
 
 
-def _find(request: web.Request) -> CameraStatus | None:
-    wanted = request.match_info["id"]
-    return next((s for s in request.app[STATUS_KEY]() if s.id == wanted), None)
-
-
-def _no_camera(request: web.Request) -> web.Response:
-    return error(404, "not_found", f"no camera with id {request.match_info['id']!r}")
-
-
 async def camera(request: web.Request) -> web.Response:
-    st = _find(request)
-    return web.json_response(_status_json(st)) if st is not None else _no_camera(request)
-
-
-def _range(request: web.Request) -> tuple[int, int, timezone] | web.Response:
-    query = request.query
-    missing = [name for name in ("start", "end") if name not in query]
-    if missing:
-        return error(400, "bad_request", f"missing query parameter {missing[0]!r}")
-    try:
-        start_90k, tz = parse_rfc3339(query["start"], "start")
-        end_90k, _ = parse_rfc3339(query["end"], "end")
-    except TimeFormatError as exc:
-        return error(400, "bad_time", str(exc))
-    if end_90k <= start_90k:
-        return error(400, "bad_range", "end must be after start")
-    if end_90k - start_90k > MAX_RANGE_90K:
-        return error(400, "range_too_long", "a range may cover at most 7 days")
-    return start_90k, end_90k, tz
+    st = find_camera(request)
+    return web.json_response(_status_json(st)) if st is not None else no_camera(request)
 
 
 def _run_json(r: RunRow, tz: timezone) -> dict[str, object]:
@@ -127,9 +104,9 @@ def _gap_json(g: Gap, tz: timezone) -> dict[str, object]:
 
 async def recordings(request: web.Request) -> web.Response:
     """Runs, segments and gaps overlapping ``[start, end)``, times in the caller's offset."""
-    if _find(request) is None:
-        return _no_camera(request)
-    parsed = _range(request)
+    if find_camera(request) is None:
+        return no_camera(request)
+    parsed = range_query(request)
     if isinstance(parsed, web.Response):
         return parsed
     start_90k, end_90k, tz = parsed
@@ -150,8 +127,8 @@ async def recordings(request: web.Request) -> web.Response:
 
 async def snapshot(request: web.Request) -> web.Response:
     """The keyframe at or before ``at`` (default: the latest recorded), as JPEG."""
-    if _find(request) is None:
-        return _no_camera(request)
+    if find_camera(request) is None:
+        return no_camera(request)
     cam = request.match_info["id"]
     index = request.app[INDEX_KEY]
     root = request.app[ROOT_KEY]
@@ -182,6 +159,9 @@ def make_app(
     root: Path | None = None,
     *,
     clock: Clock | None = None,
+    leases: ReaderLeases | None = None,
+    exports: ExportManager | None = None,
+    max_clip_90k: int = 86_400 * 90_000,
 ) -> web.Application:
     """The API. Tokens are checked against ``index``; without one only /healthz answers."""
     app = web.Application(middlewares=[auth_middleware(index, clock=clock)])
@@ -197,4 +177,7 @@ def make_app(
         if root is not None:
             app[ROOT_KEY] = root
             app.router.add_get("/api/v1/cameras/{id}/snapshot.jpg", snapshot)
+            add_video_routes(app, leases or ReaderLeases(), max_clip_90k)
+            if exports is not None:
+                add_export_routes(app, exports)
     return app

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from aiohttp import web
 
+from nvr.api.common import INDEX_KEY, ROOT_KEY, error, find_camera, no_camera, range_query
 from nvr.api.ranges import UnsatisfiableRange, parse_range
 from nvr.api.times import format_rfc3339
 from nvr.errors import StorageError
@@ -51,27 +52,21 @@ def gaps_header(clip: Clip, tz: timezone) -> str:
 
 
 async def video_mp4(request: web.Request) -> web.StreamResponse:
-    from nvr.api import server  # noqa: PLC0415  (server registers this module's routes)
-
-    if server._find(request) is None:
-        return server._no_camera(request)
-    parsed = server._range(request)
+    if find_camera(request) is None:
+        return no_camera(request)
+    parsed = range_query(request, request.app[MAX_CLIP_KEY])
     if isinstance(parsed, web.Response):
         return parsed
     start_90k, end_90k, tz = parsed
-    max_90k = request.app[MAX_CLIP_KEY]
-    if end_90k - start_90k > max_90k:
-        return server.error(400, "range_too_long",
-                            f"a clip may cover at most {max_90k // 90_000} s")  # fmt: skip
     cam = request.match_info["id"]
     try:
         clip = await plan_clip(
-            request.app[server.INDEX_KEY], request.app[server.ROOT_KEY], cam, start_90k, end_90k
+            request.app[INDEX_KEY], request.app[ROOT_KEY], cam, start_90k, end_90k
         )
     except NoRecordingError:
-        return server.error(404, "no_recording", "nothing was recorded in that range")
+        return error(404, "no_recording", "nothing was recorded in that range")
     except StorageError as exc:
-        return server.error(409, "recording_unreadable", str(exc))
+        return error(409, "recording_unreadable", str(exc))
     etag = clip_etag(clip)
     headers = {
         "Content-Type": "video/mp4",
@@ -120,7 +115,7 @@ async def video_mp4(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def add_video_routes(app: web.Application, max_clip_90k: int) -> None:
-    app[LEASES_KEY] = app.get(LEASES_KEY) or ReaderLeases()
+def add_video_routes(app: web.Application, leases: ReaderLeases, max_clip_90k: int) -> None:
+    app[LEASES_KEY] = leases
     app[MAX_CLIP_KEY] = max_clip_90k
     app.router.add_get("/api/v1/cameras/{id}/video.mp4", video_mp4)

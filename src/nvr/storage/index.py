@@ -39,10 +39,12 @@ from nvr.redact import redact_url
 from nvr.storage.fragment_map import decode_fragments, encode_fragments
 from nvr.storage.fsync import fsync_dir
 from nvr.storage.index_rows import (
+    CAMERA_COLUMNS,
     EXPORT_COLUMNS,
     RUN_COLUMNS,
     SEGMENT_COLUMNS,
     TOKEN_COLUMNS,
+    CameraRow,
     ExportRow,
     Gap,
     RunRow,
@@ -324,6 +326,12 @@ class Index:
                 raise StorageError("no such camera")
 
         await self._write(f"set_camera_identity({camera_id})", body)
+
+    async def camera(self, camera_id: str) -> CameraRow | None:
+        """The camera's row: name, source (no secrets) and ONVIF identity; None if unknown."""
+        sql = f"SELECT {CAMERA_COLUMNS} FROM camera WHERE id = ?"
+        rows = await self._fetchall(f"camera({camera_id})", sql, (camera_id,))
+        return CameraRow(*rows[0]) if rows else None
 
     async def start_run(
         self,

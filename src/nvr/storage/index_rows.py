@@ -15,6 +15,17 @@ from nvr.storage.model import RunEndReason, SegmentState
 
 
 @dataclass(frozen=True, slots=True)
+class CameraRow:
+    id: str
+    name: str
+    source: str  # the stream URL without its password, or a file path
+    onvif_serial: str | None  # the ONVIF identity, once read
+    onvif_mac: str | None
+    onvif_manufacturer: str | None
+    onvif_model: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class RunRow:
     id: int
     camera_id: str
@@ -98,6 +109,9 @@ class ExportRow:
     finished_90k: int | None  # set once done or failed
 
 
+CAMERA_COLUMNS = (
+    "id, name, source, onvif_serial, onvif_mac, onvif_manufacturer, onvif_model"
+)
 RUN_COLUMNS = (
     "id, camera_id, start_90k, end_90k, end_reason, end_detail, clock_offset_ns, "
     "video_codec, width, height, audio_codec"
