@@ -2,16 +2,75 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
+from nvr.api import auth
+from support.api import ISSUED_TOKENS
 from support.fakecam import FakeCam, fakecam_unavailable_reason, make_clips
 
 CAM_USER = "officer"
 CAM_PASSWORD = "p@ss:/w%rd#?"  # reserved characters on purpose
+
+
+class _SecretWatch(logging.Handler):
+    """Sees every log record of the whole run; keeps any that carries a secret.
+
+    The secrets: the cameras' password (as typed and percent-encoded) and every API token the
+    tests issue (``support.api`` registers them). A leak fails the run at its end, whichever
+    test caused it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a broken record is the logging call's problem, not a leak
+            return
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {record.exc_info[1]!r}"
+        secrets = (CAM_PASSWORD, quote(CAM_PASSWORD, safe=""), *ISSUED_TOKENS)
+        if any(secret in text for secret in secrets):
+            self.leaks.append(f"{record.name}: {text[:300]}")
+
+
+_WATCH = _SecretWatch()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Tokens made inside the code under test (POST /api/v1/tokens, `nvr token add`) are
+    # watched too: wrap the generator before the test modules import it.
+    real = auth.new_token
+
+    def tracked() -> str:
+        token = real()
+        ISSUED_TOKENS.add(token)
+        return token
+
+    auth.new_token = tracked
+    root = logging.getLogger()
+    root.addHandler(_WATCH)
+    root.setLevel(logging.DEBUG)  # every line any test makes passes the watch
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _WATCH.leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _WATCH.leaks:
+        terminalreporter.section("secrets in log lines", sep="!", red=True)
+        for line in _WATCH.leaks[:20]:
+            terminalreporter.line(line)
 
 
 @pytest.fixture(scope="session")
