@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from nvr.media import VideoCodec
-from nvr.storage.clip import NoRecordingError, plan_clip
+from nvr.storage.clip import ClipCache, NoRecordingError, plan_clip
 from nvr.storage.index import Index
 from nvr.storage.model import RunEndReason
 from support.media import encode_clip
@@ -164,3 +164,18 @@ async def test_a_range_with_nothing_recorded_is_refused(index: Index, with_gap: 
     t0 = with_gap.frames[0][0]
     with pytest.raises(NoRecordingError):
         await plan_clip(index, with_gap.root, "gate", t0 - 600 * SECOND, t0 - 10 * SECOND)
+
+
+@pytest.mark.parametrize("index", ["eleven_minutes"], indirect=True)
+async def test_the_clip_cache_serves_a_repeated_range_and_nothing_else(
+    index: Index, eleven_minutes: Recorded
+) -> None:
+    rec = eleven_minutes
+    t0 = rec.frames[0][0]
+    cache = ClipCache(size=2)
+    a = await plan_clip(index, rec.root, "gate", t0, t0 + 90 * SECOND, cache=cache)
+    assert await plan_clip(index, rec.root, "gate", t0, t0 + 90 * SECOND, cache=cache) is a
+    b = await plan_clip(index, rec.root, "gate", t0, t0 + 91 * SECOND, cache=cache)
+    assert b is not a and b.size_bytes > a.size_bytes
+    fresh = await plan_clip(index, rec.root, "gate", t0, t0 + 90 * SECOND)
+    assert fresh.header == a.header and fresh.pieces == a.pieces

@@ -20,12 +20,13 @@ from nvr.api.common import INDEX_KEY, ROOT_KEY, error, find_camera, no_camera, r
 from nvr.api.ranges import UnsatisfiableRange, parse_range
 from nvr.api.times import format_rfc3339
 from nvr.errors import StorageError
-from nvr.storage.clip import Clip, NoRecordingError, plan_clip
+from nvr.storage.clip import Clip, ClipCache, NoRecordingError, plan_clip
 from nvr.storage.leases import ReaderLeases
 
 log = logging.getLogger(__name__)
 LEASES_KEY: web.AppKey[ReaderLeases] = web.AppKey("leases")
 MAX_CLIP_KEY: web.AppKey[int] = web.AppKey("max_clip_90k")
+CLIP_CACHE_KEY: web.AppKey[ClipCache] = web.AppKey("clip_cache")
 READ_BYTES = 1 << 20
 
 
@@ -60,9 +61,8 @@ async def video_mp4(request: web.Request) -> web.StreamResponse:
     start_90k, end_90k, tz = parsed
     cam = request.match_info["id"]
     try:
-        clip = await plan_clip(
-            request.app[INDEX_KEY], request.app[ROOT_KEY], cam, start_90k, end_90k
-        )
+        clip = await plan_clip(request.app[INDEX_KEY], request.app[ROOT_KEY], cam, start_90k,
+                               end_90k, cache=request.app[CLIP_CACHE_KEY])  # fmt: skip
     except NoRecordingError:
         return error(404, "no_recording", "nothing was recorded in that range")
     except StorageError as exc:
@@ -118,4 +118,5 @@ async def video_mp4(request: web.Request) -> web.StreamResponse:
 def add_video_routes(app: web.Application, leases: ReaderLeases, max_clip_90k: int) -> None:
     app[LEASES_KEY] = leases
     app[MAX_CLIP_KEY] = max_clip_90k
+    app[CLIP_CACHE_KEY] = ClipCache()
     app.router.add_get("/api/v1/cameras/{id}/video.mp4", video_mp4)

@@ -19,6 +19,7 @@ import asyncio
 import bisect
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,31 +252,37 @@ class _Assembler:
             vfrag = next((f for f in frag if f.track_id == vtrack.track_id), None)
             if vfrag is None:
                 continue
+            samples = vfrag.samples
+            walls = []  # each sample's wall start
             t = vfrag.decode_time
-            count = size = 0
-            for s in vfrag.samples:
-                wall = seg.row.start_90k + _scale(t, vtrack.timescale, 90_000)
-                t += s.duration
-                if wall >= self.end_90k:
-                    break
-                if self.first_frame_90k is None:
-                    if not s.sync:
-                        continue  # only from a keyframe
-                    self.first_frame_90k = wall
+            for smp in samples:
+                walls.append(seg.row.start_90k + _scale(t, vtrack.timescale, 90_000))
+                t += smp.duration
+            lo, hi = 0, bisect.bisect_left(walls, self.end_90k)
+            if self.first_frame_90k is None:
+                lo = next((i for i in range(hi) if samples[i].sync), hi)  # only from a keyframe
+                if lo < hi:
+                    self.first_frame_90k = walls[lo]
+            count = hi - lo
+            size = 0
+            if count > 0:
                 if seg_offset_90k is None:
-                    seg_offset_90k = self.clip_90k - (wall - seg.row.start_90k)
-                    span_start = wall
-                if wall <= self.start_90k:
-                    self.start_frame_90k = wall  # the frame on screen at the asked start
-                duration_90k = _scale(s.duration, vtrack.timescale, 90_000)
-                v.sizes.append(s.size)
-                v.durations.append(duration_90k)
-                v.sync.append(s.sync)
-                self._piece(path, s)
-                self.clip_90k += duration_90k
-                self.last_wall_end_90k = wall + duration_90k
-                count += 1
-                size += s.size
+                    seg_offset_90k = self.clip_90k - (walls[lo] - seg.row.start_90k)
+                    span_start = walls[lo]
+                on_screen = bisect.bisect_right(walls, self.start_90k, lo, hi) - 1
+                if on_screen >= lo:
+                    self.start_frame_90k = walls[on_screen]  # the frame shown at the start
+                taken = samples[lo:hi]
+                durations = [_scale(x.duration, vtrack.timescale, 90_000) for x in taken]
+                sizes = [x.size for x in taken]
+                size = sum(sizes)
+                v.sizes += sizes
+                v.durations += durations
+                v.sync += [x.sync for x in taken]
+                # A trun's samples are contiguous in the file: one piece for all of them.
+                self._piece(path, Sample(taken[0].offset, size, 0, True))
+                self.clip_90k += sum(durations)
+                self.last_wall_end_90k = walls[hi - 1] + durations[-1]
             if count:
                 self.order.append((0, len(v.chunks)))
                 v.chunks.append(Chunk(count, v_entry, size))
@@ -343,7 +350,38 @@ def _gaps(
     return tuple(out)
 
 
-async def plan_clip(index: Index, root: Path, camera_id: str, start_90k: int, end_90k: int) -> Clip:
+class ClipCache:
+    """The last few clips planned, for the run of ``Range`` requests a player makes while it
+    seeks in one URL. A hit needs the same range over the same closed segments (checked
+    against the index on every request), and closed segments never change, so a hit is
+    always the bytes a fresh plan would give."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._clips: OrderedDict[tuple[object, ...], Clip] = OrderedDict()
+
+    def get(self, key: tuple[object, ...]) -> Clip | None:
+        clip = self._clips.get(key)
+        if clip is not None:
+            self._clips.move_to_end(key)
+        return clip
+
+    def put(self, key: tuple[object, ...], clip: Clip) -> None:
+        self._clips[key] = clip
+        self._clips.move_to_end(key)
+        while len(self._clips) > self._size:
+            self._clips.popitem(last=False)
+
+
+async def plan_clip(
+    index: Index,
+    root: Path,
+    camera_id: str,
+    start_90k: int,
+    end_90k: int,
+    *,
+    cache: ClipCache | None = None,
+) -> Clip:
     """Plan the MP4 of ``[start_90k, end_90k)``; raises ``NoRecordingError`` when empty."""
     rows = await index.segments(camera_id, start_90k, end_90k)
     known = [ClipGap(g.start_90k, g.end_90k, g.reason.value, g.detail)
@@ -361,7 +399,14 @@ async def plan_clip(index: Index, root: Path, camera_id: str, start_90k: int, en
             chosen.append((r, list(frags[cut])))
     if not chosen:
         raise NoRecordingError(f"camera {camera_id}: nothing was recorded in the asked range")
-    return await asyncio.to_thread(_assemble, root, camera_id, start_90k, end_90k, chosen, known)
+    key = (camera_id, start_90k, end_90k, tuple((r.id, r.sha256) for r, _ in chosen),
+           tuple(known))  # fmt: skip
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return hit
+    clip = await asyncio.to_thread(_assemble, root, camera_id, start_90k, end_90k, chosen, known)
+    if cache is not None:
+        cache.put(key, clip)
+    return clip
 
 
 def _assemble(  # noqa: PLR0917  (one private call site)

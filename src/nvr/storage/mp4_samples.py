@@ -204,21 +204,29 @@ def _parse_trun(
         (first_flags,) = struct.unpack_from(">I", box, pos)
         pos += 4
     fields = [f for f in (_TRUN_DURATION, _TRUN_SIZE, _TRUN_FLAGS, _TRUN_CTS) if flags & f]
-    _need(box, pos + 4 * len(fields) * count, "trun")
+    end = pos + 4 * len(fields) * count
+    _need(box, end, "trun")
+    # One column per present field (a sample's entry is its fields in this order), the
+    # tfhd/trex default where a field is absent.
+    rows = list(struct.iter_unpack(f">{len(fields)}I", box[pos:end])) if fields else []
+    columns = {f: [r[i] for r in rows] for i, f in enumerate(fields)}
+    if any(columns.get(_TRUN_CTS, ())):
+        raise Mp4FormatError(f"fragment at {moof_offset}: composition offsets (B-frames)")
+
+    def column(field: int) -> list[int]:
+        if field in columns:
+            return columns[field]
+        default = defaults[field]
+        if default is None:
+            raise Mp4FormatError(f"fragment at {moof_offset}: a sample without size or duration")
+        return [default] * count
+
+    durations, sizes, sample_flags = column(_TRUN_DURATION), column(_TRUN_SIZE), column(_TRUN_FLAGS)
+    if count and first_flags is not None:
+        sample_flags[0] = first_flags
     at = base + data_offset
     samples = []
-    for i in range(count):
-        values = dict(zip(fields, struct.unpack_from(f">{len(fields)}I", box, pos), strict=True))
-        pos += 4 * len(fields)
-        if values.get(_TRUN_CTS, 0):
-            raise Mp4FormatError(f"fragment at {moof_offset}: composition offsets (B-frames)")
-        duration = values.get(_TRUN_DURATION, defaults[_TRUN_DURATION])
-        size = values.get(_TRUN_SIZE, defaults[_TRUN_SIZE])
-        sample_flags = first_flags if i == 0 and first_flags is not None else None
-        if sample_flags is None:
-            sample_flags = values.get(_TRUN_FLAGS, defaults[_TRUN_FLAGS])
-        if size is None or duration is None or sample_flags is None:
-            raise Mp4FormatError(f"fragment at {moof_offset}: a sample without size or duration")
-        samples.append(Sample(at, size, duration, not sample_flags & _SAMPLE_NON_SYNC))
+    for size, duration, f in zip(sizes, durations, sample_flags, strict=True):
+        samples.append(Sample(at, size, duration, not f & _SAMPLE_NON_SYNC))
         at += size
     return samples
