@@ -6,6 +6,7 @@ Every client sends an admin token (tests/test_auth.py covers the token checks th
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from nvr.api.server import make_app
 from nvr.api.times import format_rfc3339
 from nvr.clock import SimulatedClock
+from nvr.config import parse_config
 from nvr.exports import ExportManager
 from nvr.ingest.camera import CameraState, CameraStatus
 from nvr.media import VideoAccessUnit, VideoCodec
@@ -91,8 +93,10 @@ async def test_recordings_lists_runs_segments_and_gaps_in_the_callers_offset(
     try:
         app = make_app(lambda: [STATUS_GATE], index)
         async with TestClient(TestServer(app), headers=await auth_headers(index)) as client:
-            resp = await client.get("/api/v1/cameras/gate/recordings", params={
-                "start": "2026-11-29T03:00:00+07:00", "end": "2026-11-29T04:00:00+07:00"})
+            resp = await client.get(
+                "/api/v1/cameras/gate/recordings",
+                params={"start": "2026-11-29T03:00:00+07:00", "end": "2026-11-29T04:00:00+07:00"},
+            )
             assert resp.status == 200
             body = await resp.json()
     finally:
@@ -140,7 +144,8 @@ async def test_every_route_is_in_the_openapi_document(tmp_path: Path) -> None:
     try:
         leases = ReaderLeases()
         exports = ExportManager(index, tmp_path, leases)
-        app = make_app(lambda: [STATUS_GATE], index, tmp_path, leases=leases, exports=exports)
+        app = make_app(lambda: [STATUS_GATE], index, tmp_path, leases=leases, exports=exports,
+                       config=lambda: {})  # fmt: skip
         routes = {r.resource.canonical for r in app.router.routes()
                   if r.method != "HEAD" and r.resource is not None}  # fmt: skip
         async with TestClient(TestServer(app), headers=await auth_headers(index)) as client:
@@ -187,3 +192,27 @@ async def test_snapshot_decodes_the_keyframe_at_or_before_the_time(tmp_path: Pat
     with av.open(io.BytesIO(jpeg), "r") as img:
         frame = next(img.decode(video=0))
         assert (frame.width, frame.height) == (128, 72)
+
+
+async def test_the_running_config_is_shown_to_admins_without_secrets(tmp_path: Path) -> None:
+    cfg = parse_config(
+        '[storage]\npath = "/srv/nvr"\n[[cameras]]\nid = "gate"\n'
+        'url = "rtsp://admin:hunter2-secret@127.0.0.1:554/live"\n'
+        '[[cameras]]\nid = "lane"\nurl = "rtsp://127.0.0.1:554/x"\nusername = "u"\n'
+        'password = "other-secret"\n'
+    )
+    index = await Index.open(tmp_path / "index.db")
+    try:
+        app = make_app(lambda: [STATUS_GATE], index, tmp_path, config=cfg.public)
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.get("/api/v1/config", headers=await auth_headers(index))
+            body = await resp.text()
+            viewer = await client.get("/api/v1/config", headers=await auth_headers(index, "viewer"))
+    finally:
+        await index.close()
+    assert resp.status == 200 and viewer.status == 403
+    assert "hunter2-secret" not in body and "other-secret" not in body
+    doc = json.loads(body)
+    assert doc["storage"]["path"] == "/srv/nvr"
+    assert [c["id"] for c in doc["cameras"]] == ["gate", "lane"]
+    assert "password" not in doc["cameras"][1]

@@ -47,7 +47,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         leases = ReaderLeases()
         exports = ExportManager(index, tmp_path, leases)
         app = make_app(lambda: [STATUS], index, tmp_path, clock=clock, leases=leases,
-                       exports=exports)  # fmt: skip
+                       exports=exports, config=lambda: {})  # fmt: skip
         async with TestClient(TestServer(app)) as client:
             yield Api(client, index, clock, tokens)
 

@@ -81,7 +81,8 @@ class App:
             host, _, port = cfg.api.listen.rpartition(":")
             api = make_app(self.statuses, index, root, clock=self.clock, leases=self.leases,
                            exports=self.exports,
-                           max_clip_90k=cfg.api.max_clip_seconds * 90_000)  # fmt: skip
+                           max_clip_90k=cfg.api.max_clip_seconds * 90_000,
+                           config=cfg.public)  # fmt: skip
             self._runner = web.AppRunner(api, access_log=None)
             await self._runner.setup()
             await web.TCPSite(self._runner, host.strip("[]"), int(port)).start()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from pydantic import (
@@ -162,6 +162,16 @@ class Config(_Model):
     storage: StorageConfig = StorageConfig()
     api: ApiConfig = ApiConfig()
     cameras: list[CameraConfig] = []
+
+    def public(self) -> dict[str, Any]:
+        """The whole configuration as JSON data without secrets: no password, URLs redacted."""
+        data: dict[str, Any] = self.model_dump(
+            mode="json", exclude={"cameras": {"__all__": {"password"}}}
+        )
+        for cam, out in zip(self.cameras, data["cameras"], strict=True):
+            out["url"] = redact_url(cam.url) if cam.url is not None else None
+            out["onvif"] = redact_url(cam.onvif) if cam.onvif is not None else None
+        return data
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:

@@ -62,6 +62,7 @@ ROUTE_ROLES: dict[tuple[str, str], Role | None] = {
     ("GET", "/api/v1/exports/{id}"): Role.OPERATOR,
     ("GET", "/api/v1/exports/{id}/file"): Role.OPERATOR,
     ("GET", "/api/v1/exports/{id}/manifest"): Role.OPERATOR,
+    ("GET", "/api/v1/config"): Role.ADMIN,
     ("GET", "/api/v1/tokens"): Role.ADMIN,
     ("POST", "/api/v1/tokens"): Role.ADMIN,
     ("DELETE", "/api/v1/tokens/{id}"): Role.ADMIN,

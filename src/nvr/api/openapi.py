@@ -133,6 +133,11 @@ def document() -> dict[str, Any]:
                 "parameters": [_EXPORT_ID], "responses": {
                     "200": {"description": "Manifest", "content": {"application/json": {}}},
                     "404": _ERROR, "409": _ERROR}}},
+            "/api/v1/config": {"get": {
+                "summary": "The running configuration, without secrets (URLs redacted)",
+                "responses": {"200": {"description": "Configuration",
+                                      "content": {"application/json": {
+                                          "schema": {"type": "object"}}}}}}},
             "/api/v1/tokens": {
                 "get": {"summary": "Every API token (never the token itself)", "responses": {
                     "200": {"description": "Tokens", **_json("#/components/schemas/TokenList")}}},

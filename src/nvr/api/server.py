@@ -9,6 +9,7 @@ names the problem, never a 500.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import timezone
 from pathlib import Path
@@ -51,6 +52,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.json_response(openapi.document())
+
+
+CONFIG_KEY: web.AppKey[Callable[[], Mapping[str, object]]] = web.AppKey("config")
+
+
+async def running_config(request: web.Request) -> web.Response:
+    """The configuration the daemon runs with, without secrets (admin)."""
+    return web.json_response(request.app[CONFIG_KEY]())
 
 
 async def cameras(request: web.Request) -> web.Response:
@@ -162,6 +171,7 @@ def make_app(
     leases: ReaderLeases | None = None,
     exports: ExportManager | None = None,
     max_clip_90k: int = 86_400 * 90_000,
+    config: Callable[[], Mapping[str, object]] | None = None,
 ) -> web.Application:
     """The API. Tokens are checked against ``index``; without one only /healthz answers."""
     app = web.Application(middlewares=[auth_middleware(index, clock=clock)])
@@ -170,6 +180,9 @@ def make_app(
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     app.router.add_get("/api/v1/cameras", cameras)
     app.router.add_get("/api/v1/cameras/{id}", camera)
+    if config is not None:
+        app[CONFIG_KEY] = config
+        app.router.add_get("/api/v1/config", running_config)
     if index is not None:
         app[INDEX_KEY] = index
         add_token_routes(app, index)
