@@ -39,9 +39,17 @@ def parse_rfc3339(text: str, name: str) -> tuple[int, timezone]:
     if zone in ("Z", "z"):
         tz = UTC
     else:
+        hours, minutes = int(zone[1:3]), int(zone[4:6])
+        if hours > 23 or minutes > 59:
+            raise TimeFormatError(f"{name}={text!r}: the offset {zone} is out of range")
         sign = 1 if zone[0] == "+" else -1
-        tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
-    seconds = int(whole.replace(tzinfo=tz).timestamp())
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    moment = whole.replace(tzinfo=tz)
+    try:
+        moment.astimezone(UTC)  # it must be writable in UTC too (years 1 to 9999)
+    except OverflowError:
+        raise TimeFormatError(f"{name}={text!r} is out of range") from None
+    seconds = int(moment.timestamp())
     nanos = int((fraction[1:] + "000000000")[:9]) if fraction else 0
     return seconds * TICKS_PER_S + nanos * 9 // 100_000, tz
 
@@ -51,7 +59,9 @@ def format_rfc3339(wall_90k: int, tz: timezone = UTC) -> str:
     seconds, ticks = divmod(wall_90k, TICKS_PER_S)
     millis = ticks * 1000 // TICKS_PER_S
     moment = datetime.fromtimestamp(seconds, tz)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}"
+    # Not strftime: its %Y does not pad years below 1000 to four digits on every platform.
+    text = (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+            f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{millis:03d}")  # fmt: skip
     offset = moment.utcoffset() or timedelta(0)
     if offset == timedelta(0):
         return text + "Z"
