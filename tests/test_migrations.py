@@ -83,7 +83,7 @@ async def test_a_v1_index_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None
         assert seg.state is SegmentState.CLOSED and seg.sha256 == SHA and run.id == seg.run_id
         assert await index.tokens() == []
         await index.add_token("ops", "operator", SHA)  # the new tables work
-    assert versions(old) == (SCHEMA_VERSION, SCHEMA_VERSION) == (2, 2)
+    assert versions(old) == (SCHEMA_VERSION, SCHEMA_VERSION) == (3, 3)
     await (await Index.open(fresh)).close()
     assert definitions(old) == definitions(fresh)
     async with await Index.open(old) as again:  # a second open finds nothing to do
@@ -97,7 +97,7 @@ async def test_a_failed_upgrade_leaves_the_v1_index_as_it_was(
     make_v1_index(old)
     before = definitions(old)
     broken = (*migrations.STEPS[1], "create table api_token (id integer) strict")
-    monkeypatch.setattr(migrations, "STEPS", {1: broken})
+    monkeypatch.setattr(migrations, "STEPS", {**migrations.STEPS, 1: broken})
     with pytest.raises(StorageError, match="already exists"):
         await Index.open(old)
     assert versions(old) == (1, 1)

@@ -38,6 +38,7 @@ from nvr.ingest.timeline import ns_to_90k
 from nvr.redact import redact_url
 from nvr.storage.fragment_map import decode_fragments, encode_fragments
 from nvr.storage.fsync import fsync_dir
+from nvr.storage.index_lifecycle import LifecycleQueries
 from nvr.storage.index_rows import (
     CAMERA_COLUMNS,
     EXPORT_COLUMNS,
@@ -59,7 +60,7 @@ from nvr.storage.index_rows import (
 from nvr.storage.migrations import upgrade
 from nvr.storage.model import Fragment, RunEndReason, SegmentFile
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MAX_SEGMENT_90K = 2 * 3600 * 90_000
 """Longest wall duration of one segment; schema.sql holds the same bound (648000000).
@@ -125,7 +126,7 @@ def _schema_statements() -> Iterable[str]:
 # --- the index ------------------------------------------------------------------------------
 
 
-class Index:
+class Index(LifecycleQueries):
     """Async access to the index database. Create with ``await Index.open(path)``."""
 
     def __init__(self, db_path: Path, writer: _Db, reader: _Db, clock: Clock, uuid_: str) -> None:

@@ -26,6 +26,25 @@ class CameraRow:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldRow:
+    id: str  # 16 lower-case hex digits
+    case_ref: str
+    reason: str
+    start_90k: int
+    end_90k: int  # exclusive
+    until_90k: int | None  # lapses then; None: until released
+    created_90k: int
+    created_by: str
+    released_90k: int | None  # None while it holds
+    released_by: str | None
+    export_id: str | None  # the export that placed it
+    cameras: tuple[str, ...] = ()
+
+    def active(self, now_90k: int) -> bool:
+        return self.released_90k is None and (self.until_90k is None or self.until_90k > now_90k)
+
+
+@dataclass(frozen=True, slots=True)
 class RunRow:
     id: int
     camera_id: str

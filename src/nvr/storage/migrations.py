@@ -69,7 +69,34 @@ _V1_TO_V2 = (
     "create index export_job_unfinished on export_job (state) where state in ('queued', 'running')",
 )
 
-STEPS: Mapping[int, tuple[str, ...]] = MappingProxyType({1: _V1_TO_V2})
+_V2_TO_V3 = (
+    # Evidence holds and the cameras they cover.
+    """create table hold (
+  id text primary key check (length(id) = 16 and id not glob '*[^0-9a-f]*'),
+  case_ref text not null check (case_ref <> ''),
+  reason text not null check (reason <> ''),
+  start_90k integer not null,
+  end_90k integer not null,
+  until_90k integer,
+  created_90k integer not null,
+  created_by text not null check (created_by <> ''),
+  released_90k integer,
+  released_by text,
+  export_id text references export_job (id),
+  check (end_90k > start_90k),
+  check ((released_90k is null) = (released_by is null))
+) strict""",
+    """create table hold_camera (
+  hold_id text not null references hold (id),
+  camera_id text not null references camera (id),
+  primary key (hold_id, camera_id)
+) strict, without rowid""",
+    "create index hold_active on hold (start_90k) where released_90k is null",
+    # Retention walks closed segments oldest first.
+    "create index segment_closed_by_start on segment (start_90k) where state = 'closed'",
+)
+
+STEPS: Mapping[int, tuple[str, ...]] = MappingProxyType({1: _V1_TO_V2, 2: _V2_TO_V3})
 """From-version to the statements that take an index from it to the next version."""
 
 

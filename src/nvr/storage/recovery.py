@@ -30,9 +30,35 @@ class RecoveryReport:
     segments_missing: int
     runs_ended: int
     frames_kept: int
+    deletions_finished: int = 0
+
+
+def unlink_segment_files(root: Path, rel_paths: list[str]) -> list[str]:
+    """Unlink segment files (blocking); a file already gone is fine. Returns the paths that
+    could not be unlinked, which stay in ``deleting`` for the next attempt."""
+    failed = []
+    for rel in rel_paths:
+        try:
+            (root / rel).unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("cannot delete %s: %s", rel, exc.strerror or exc)
+            failed.append(rel)
+    return failed
+
+
+async def finish_deletions(index: Index, root: Path) -> int:
+    """Finish deletions a crash interrupted (I4): unlink what is left, remove the rows."""
+    stuck = await index.deleting_segments()
+    if not stuck:
+        return 0
+    failed = set(await asyncio.to_thread(unlink_segment_files, root, [s.path for s in stuck]))
+    done = await index.finish_deleting([s.id for s in stuck if s.path not in failed])
+    log.warning("recovery: finished %d interrupted segment deletions", done)
+    return done
 
 
 async def recover(index: Index, root: Path) -> RecoveryReport:
+    finished = await finish_deletions(index, root)
     recovered = missing = frames = 0
     run_ends: dict[int, int] = {}
     for seg in await index.open_segments():
@@ -62,7 +88,7 @@ async def recover(index: Index, root: Path) -> RecoveryReport:
     if recovered or missing or runs:
         log.warning("recovery: %d open segments closed, %d missing, %d runs ended as crash",
                     recovered, missing, len(runs))
-    return RecoveryReport(recovered, missing, len(runs), frames)
+    return RecoveryReport(recovered, missing, len(runs), frames, finished)
 
 
 def check_mounted(root: Path) -> None:

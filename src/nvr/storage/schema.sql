@@ -355,3 +355,61 @@ create index export_job_created on export_job (created_90k);
 
 -- Exports still to run (after a restart: the ones to pick up again).
 create index export_job_unfinished on export_job (state) where state in ('queued', 'running');
+
+
+-- Evidence holds: recording an officer has put aside for a case. A segment that overlaps an
+-- active hold on its camera is never deleted, by retention or by disk pressure (I5).
+create table hold (
+  -- 16 lower-case hex digits, random.
+  id text primary key check (length(id) = 16 and id not glob '*[^0-9a-f]*'),
+
+  -- The case the recording is kept for, as the police office names it (e.g. "2026/117").
+  case_ref text not null check (case_ref <> ''),
+
+  -- Why it is kept. Free text; never holds a secret.
+  reason text not null check (reason <> ''),
+
+  -- Start of the held range, 90 kHz units since the epoch.
+  start_90k integer not null,
+
+  -- End of the held range (exclusive), 90 kHz units since the epoch.
+  end_90k integer not null,
+
+  -- When the hold lapses by itself, 90 kHz units since the epoch; NULL: until released.
+  until_90k integer,
+
+  -- When the hold was placed, NVR wall clock, 90 kHz units since the epoch.
+  created_90k integer not null,
+
+  -- Who placed it: an API token's name, a login name from the CLI, or "export <id>".
+  created_by text not null check (created_by <> ''),
+
+  -- When it was released, NVR wall clock, 90 kHz units since the epoch; NULL while it holds.
+  released_90k integer,
+
+  -- Who released it (a token's name or a login name); NULL while it holds.
+  released_by text,
+
+  -- The export that placed this hold on its source range; NULL for a hold placed directly.
+  export_id text references export_job (id),
+
+  check (end_90k > start_90k),
+  check ((released_90k is null) = (released_by is null))
+) strict;
+
+-- The cameras a hold covers (at least one).
+create table hold_camera (
+  -- The hold.
+  hold_id text not null references hold (id),
+
+  -- A camera whose recording in the hold's range is kept.
+  camera_id text not null references camera (id),
+
+  primary key (hold_id, camera_id)
+) strict, without rowid;
+
+-- Holds in force, for the retention pass.
+create index hold_active on hold (start_90k) where released_90k is null;
+
+-- Closed segments oldest first, per camera and across cameras, for retention.
+create index segment_closed_by_start on segment (start_90k) where state = 'closed';
