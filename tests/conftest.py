@@ -59,6 +59,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     root = logging.getLogger()
     root.addHandler(_WATCH)
     root.setLevel(logging.DEBUG)  # every line any test makes passes the watch
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)  # a line per SQL call: noise
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -20,6 +20,7 @@ from nvr.storage.index import Index
 from nvr.storage.leases import ReaderLeases
 from nvr.storage.recorder import Recorder
 from nvr.storage.recovery import check_mounted, check_storage_identity, recover
+from nvr.storage.retention import CameraRule, Floor, Retention
 from nvr.storage.segmenter import assign_staggers
 from nvr.systemd import notify, watchdog_interval_s
 
@@ -36,6 +37,8 @@ class App:
         self._runner: web.AppRunner | None = None
         self.leases = ReaderLeases()  # segments being read: not to be deleted (I6)
         self.exports: ExportManager | None = None
+        self.retention: Retention | None = None
+        self._retention_task: asyncio.Task[None] | None = None
 
     def statuses(self) -> list[CameraStatus]:
         return [s.status() for s in self.supervisors]
@@ -61,6 +64,14 @@ class App:
         self.exports = ExportManager(index, root, self.leases,
                                      concurrency=cfg.api.export_concurrency)  # fmt: skip
         await self.exports.start()
+        self.retention = Retention(
+            index, root, self.leases, self.clock,
+            [CameraRule(c.id, c.retain_days, c.retain_bytes) for c in cfg.cameras],
+            Floor(cfg.storage.min_free_bytes or 0, cfg.storage.min_free_percent),
+            interval_s=cfg.storage.retention_interval_s, space_check_s=cfg.storage.space_check_s,
+        )  # fmt: skip
+        await self.retention.space_pass()  # room to record before the cameras start
+        self._retention_task = asyncio.create_task(self.retention.run_forever(), name="retention")
         segment_90k = cfg.storage.segment_seconds * 90_000
         staggers = assign_staggers((c.id for c in cfg.cameras), segment_90k)
         for cam in cfg.cameras:
@@ -74,7 +85,8 @@ class App:
                 writer_queue_frames=cfg.storage.writer_queue_frames,
                 stagger_offset_90k=staggers[cam.id],
             )
-            sup = CameraSupervisor(cam, recorder, self.clock, self._source_for(cam))
+            sup = CameraSupervisor(cam, recorder, self.clock, self._source_for(cam),
+                                   storage_gate=self.retention.gate)  # fmt: skip
             self.supervisors.append(sup)
             self._tasks.append(asyncio.create_task(sup.run_forever(), name=f"camera-{cam.id}"))
         if serve_api:
@@ -108,6 +120,10 @@ class App:
         return f"{streaming}/{len(states)} cameras streaming"
 
     async def stop(self) -> None:
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention_task
         for task in self._tasks:
             task.cancel()
         results = await asyncio.gather(*self._tasks, return_exceptions=True)

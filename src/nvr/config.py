@@ -13,6 +13,7 @@ from urllib.parse import SplitResult, unquote, urlsplit
 
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
@@ -48,6 +49,11 @@ class StorageConfig(_Model):
     index: Path | None = None  # default: <path>/index.db
     writer_queue_frames: Annotated[int, Field(ge=16, le=100_000)] = 500
     require_mount: bool = False  # refuse to start unless `path` is a mount point of its own
+    # The free-space floor retention keeps: the larger of the two (bytes accept "10GiB").
+    min_free_bytes: ByteSize | None = None
+    min_free_percent: Annotated[float, Field(ge=0, le=90)] = 5.0
+    retention_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0  # age/size rules
+    space_check_s: Annotated[float, Field(gt=0, le=600)] = 1.0  # free space against the floor
 
     @property
     def index_path(self) -> Path:
@@ -87,6 +93,8 @@ class CameraConfig(_Model):
     connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     backoff_initial_s: Annotated[float, Field(gt=0, le=600)] = 1.0
     backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    retain_days: Annotated[float, Field(gt=0, le=36_500)] | None = None  # delete older footage
+    retain_bytes: ByteSize | None = None  # keep at most this much of this camera ("2TB")
 
     @field_validator("id")
     @classmethod

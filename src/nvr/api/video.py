@@ -60,6 +60,15 @@ async def video_mp4(request: web.Request) -> web.StreamResponse:
         return parsed
     start_90k, end_90k, tz = parsed
     cam = request.match_info["id"]
+    # Leased by range before the segments are looked up: retention cannot delete one between
+    # the lookup and the last byte sent (I6).
+    with request.app[LEASES_KEY].hold_range(cam, start_90k, end_90k):
+        return await _serve_clip(request, cam, start_90k, end_90k, tz)
+
+
+async def _serve_clip(
+    request: web.Request, cam: str, start_90k: int, end_90k: int, tz: timezone
+) -> web.StreamResponse:
     try:
         clip = await plan_clip(request.app[INDEX_KEY], request.app[ROOT_KEY], cam, start_90k,
                                end_90k, cache=request.app[CLIP_CACHE_KEY])  # fmt: skip
@@ -94,7 +103,7 @@ async def video_mp4(request: web.Request) -> web.StreamResponse:
     if byte_range is not None:
         resp.headers["Content-Range"] = f"bytes {first}-{stop - 1}/{clip.size_bytes}"
     resp.content_length = stop - first
-    with request.app[LEASES_KEY].hold(s.segment_id for s in clip.sources):
+    with request.app[LEASES_KEY].hold(s.segment_id for s in clip.sources):  # and by id
         await resp.prepare(request)
         if request.method == "HEAD":
             return resp

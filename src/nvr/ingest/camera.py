@@ -32,6 +32,7 @@ from nvr.ingest.source import StreamSource
 from nvr.media import AudioFrame, VideoAccessUnit
 from nvr.storage.model import RunEndReason
 from nvr.storage.recorder import Recorder, WriterBehindError
+from nvr.storage.retention import StorageGate
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class CameraState(StrEnum):
     BACKOFF = "backoff"
     DISABLED = "disabled"
     STOPPED = "stopped"
+    STORAGE_FULL = "storage_full"  # not recording: only held footage left on a full disk
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +127,10 @@ class CameraSupervisor:
         *,
         rng: random.Random | None = None,
         session_factory: Callable[..., RtspSession] = RtspSession,
+        storage_gate: StorageGate | None = None,
     ) -> None:
         self.cfg = cfg
+        self._gate = storage_gate
         self.recorder = recorder
         self._source = source
         self._clock = clock
@@ -154,6 +158,10 @@ class CameraSupervisor:
             return
         try:
             while True:
+                if self._gate is not None and not self._gate.ok:
+                    self.state = CameraState.STORAGE_FULL
+                    await self._gate.wait_ok()
+                    log.info("camera=%s storage has room again; reconnecting", self.cfg.id)
                 self.state = CameraState.CONNECTING
                 started_ns = self._clock.monotonic_ns()
                 try:
@@ -166,7 +174,11 @@ class CameraSupervisor:
                     if isinstance(exc, asyncio.CancelledError):
                         raise exc from None
                     self._source.session_ended(streamed=self.state is CameraState.STREAMING)
+                    if isinstance(exc, StorageFullError) and self._gate is not None:
+                        self._gate.report_full()  # retention frees space at once
                     await self._after_failure(exc, started_ns)
+                    if self._gate is not None and not self._gate.ok:
+                        continue  # no backoff: wait for space at the top of the loop
                 delay = backoff_delay_s(
                     self.failures, self.cfg.backoff_initial_s, self.cfg.backoff_max_s, self._rng
                 )
@@ -274,6 +286,16 @@ class CameraSupervisor:
                 tg.create_task(self._consume(queue, overflow))
                 tg.create_task(self._watchdog())
                 tg.create_task(self._source.watch())
+                if self._gate is not None:
+                    tg.create_task(self._storage_watch(self._gate))
+
+    async def _storage_watch(self, gate: StorageGate) -> None:
+        """End the session when retention closes the gate (the disk is full of held data)."""
+        await gate.wait_full()
+        raise StorageFullError(
+            f"camera {self.cfg.id}: storage full and only held footage is left; "
+            "recording stopped until space returns"
+        )
 
     async def _consume(self, queue: asyncio.Queue[_Item], overflow: list[bool]) -> None:
         while True:

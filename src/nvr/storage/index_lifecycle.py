@@ -193,6 +193,20 @@ class LifecycleQueries:
 
         return await self._write(f"finish_deleting({len(ids)} segments)", body)
 
+    async def cancel_deleting(self, segment_ids: Sequence[int]) -> None:
+        """Give closed rows marked ``deleting`` (files untouched) back to ``closed``."""
+        ids = list(segment_ids)
+
+        async def body(db: _Db) -> None:
+            for i in range(0, len(ids), _BATCH):
+                chunk = ids[i : i + _BATCH]
+                await db.execute(
+                    f"UPDATE segment SET state = 'closed' WHERE id IN "
+                    f"({','.join('?' * len(chunk))}) AND state = 'deleting' "
+                    "AND end_90k IS NOT NULL AND sha256 IS NOT NULL", chunk)  # fmt: skip
+
+        await self._write(f"cancel_deleting({len(ids)} segments)", body)
+
     async def deleting_segments(self) -> list[SegmentRow]:
         """Rows a crash left between the steps of a deletion."""
         sql = f"SELECT {SEGMENT_COLUMNS} FROM segment WHERE state = 'deleting' ORDER BY +id"

@@ -15,6 +15,26 @@ from collections.abc import Iterable, Iterator
 class ReaderLeases:
     def __init__(self) -> None:
         self._held: Counter[int] = Counter()
+        self._ranges: Counter[tuple[str, int, int]] = Counter()
+
+    @contextlib.contextmanager
+    def hold_range(self, camera_id: str, start_90k: int, end_90k: int) -> Iterator[None]:
+        """Keep every segment of ``camera_id`` overlapping ``[start, end)`` from deletion.
+
+        Taken before a reader looks the segments up, so there is no moment between finding
+        a segment and leasing it."""
+        key = (camera_id, start_90k, end_90k)
+        self._ranges[key] += 1
+        try:
+            yield
+        finally:
+            self._ranges[key] -= 1
+            if self._ranges[key] <= 0:
+                del self._ranges[key]
+
+    def range_in_use(self, camera_id: str, start_90k: int, end_90k: int) -> bool:
+        return any(cam == camera_id and s < end_90k and e > start_90k
+                   for cam, s, e in self._ranges)  # fmt: skip
 
     @contextlib.contextmanager
     def hold(self, segment_ids: Iterable[int]) -> Iterator[None]:
@@ -34,3 +54,6 @@ class ReaderLeases:
 
     def held(self) -> frozenset[int]:
         return frozenset(self._held)
+
+    def held_ranges(self) -> list[tuple[str, int, int]]:
+        return list(self._ranges)
