@@ -260,6 +260,20 @@ def test_an_export_from_request_to_download_matches_the_document(served: Served)
     _call(served, "GET", "/api/v1/exports/{id}/manifest", 200, path_parameters=ids)
 
 
+def test_hold_answers_match_the_document(served: Served) -> None:
+    body = {"cameras": ["gate"], "start": _at(0), "end": _at(60), "case": "fuzz",
+            "reason": "fuzz", "until": "2099-01-01T00:00:00Z"}  # fmt: skip
+    hold = _call(served, "POST", "/api/v1/holds", 201, body=body).json()
+    _call(served, "POST", "/api/v1/holds", 404, body={**body, "cameras": ["nope"]})
+    _call(served, "POST", "/api/v1/holds", 400, body={**body, "until": _at(-60)})
+    ids = {"id": hold["id"]}
+    _call(served, "GET", "/api/v1/holds/{id}", 200, path_parameters=ids)
+    _call(served, "GET", "/api/v1/holds", 200, query={"active": "true"})
+    _call(served, "DELETE", "/api/v1/holds/{id}", 200, path_parameters=ids)
+    _call(served, "DELETE", "/api/v1/holds/{id}", 409, path_parameters=ids)
+    _call(served, "GET", "/api/v1/holds/{id}", 404, path_parameters={"id": "0" * 16})
+
+
 def test_token_answers_match_the_document(served: Served) -> None:
     new = {"name": "fuzz-viewer", "role": "viewer"}
     viewer = _call(served, "POST", "/api/v1/tokens", 201, body=new).json()["token"]

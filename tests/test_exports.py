@@ -242,6 +242,34 @@ async def test_bad_export_requests_are_named(api: Api, hour: Recorded) -> None:
     assert resp.status == 404
 
 
+async def test_an_export_holds_its_source_range_unless_told_not_to(
+    api: Api, hour: Recorded
+) -> None:
+    t0 = hour.frames[0][0]
+    body = {"camera": "gate", "start": _iso(t0 + 60 * SECOND), "end": _iso(t0 + 90 * SECOND),
+            "reason": "case 2026/118", "requested_by": "Sgt. Lan"}  # fmt: skip
+    placed = []
+    for hold in (None, False):
+        sent = body if hold is None else {**body, "hold": hold}
+        resp = await api.client.post("/api/v1/exports", json=sent, headers=api.operator)
+        assert resp.status == 202, await resp.text()
+        job = await resp.json()
+        placed.append([h for h in await api.index.holds() if h.export_id == job["id"]])
+        await api.manager.wait(job["id"])  # looked up before: placed on submission
+    [[held], unheld] = placed
+    assert unheld == []
+    assert (held.case_ref, held.reason, held.cameras) == (
+        f"export {held.export_id}", "case 2026/118", ("gate",))  # fmt: skip
+    assert (held.start_90k, held.end_90k) == (t0 + 60 * SECOND, t0 + 90 * SECOND)
+    assert held.created_by == job["token_name"] and held.active(held.created_90k)
+    assert ("gate", t0 + 60 * SECOND, t0 + 90 * SECOND) in await api.index.held_ranges()
+    # From the CLI side of the manager, with no token: the requester places it.
+    row = await api.manager.submit(ExportRequest("gate", t0, t0 + 10 * SECOND, "r", "Cpl. Minh"))
+    await api.manager.wait(row.id)
+    [by_cli] = [h for h in await api.index.holds() if h.export_id == row.id]
+    assert by_cli.created_by == "Cpl. Minh"
+
+
 def test_nvr_clip_writes_the_same_clip_and_a_manifest(
     hour: Recorded, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
 import pytest
 
+from nvr import cli
 from nvr.errors import StorageError
 from nvr.media import VideoCodec
 from nvr.storage.index import Index
@@ -91,3 +93,84 @@ def test_require_mount_refuses_a_plain_directory(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="is not a mounted filesystem"):
         check_mounted(tmp_path / "absent")
     check_mounted(Path("/"))  # the root is always a mount point
+
+
+# --- `nvr run` refuses storage that is not its index's, at once, with the reason ------------
+
+
+def _run_refused(
+    tmp_path: Path, storage: Path, extra: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> str:  # fmt: skip
+    """``nvr run`` on this storage: it must return (not record) with status 1 and one line."""
+    monkeypatch.setattr(cli, "setup_logging", lambda level: None)  # keep pytest's handlers
+    config = tmp_path / "nvr.toml"
+    config.write_text(f'[storage]\npath = "{storage}"\n{extra}\n[api]\n'
+                      'listen = "127.0.0.1:0"\n', encoding="utf-8")  # fmt: skip
+    assert cli.main(["run", "--config", str(config)]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+async def _new_index(path: Path, root: Path | None = None) -> str:
+    """An index at ``path`` (with its identity file in ``root``); returns its identity."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with await Index.open(path) as index:
+        identity = await index.storage_identity()
+    if root is not None:
+        check_storage_identity(root, identity, index_is_new=True)
+    return identity
+
+
+def test_run_refuses_an_empty_directory_that_is_not_a_mount_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for storage in (tmp_path / "mnt", tmp_path / "absent"):
+        if storage.name == "mnt":
+            storage.mkdir()
+        line = _run_refused(tmp_path, storage, "require_mount = true", monkeypatch, capsys)
+        assert f"{storage} is not a mounted filesystem" in line and "mounted?" in line
+        assert not storage.exists() or list(storage.iterdir()) == []  # no index, no identity
+
+
+def test_run_refuses_an_empty_directory_where_its_storage_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The index lives elsewhere (``storage.index``) and the disk did not mount: the empty
+    mount point must not become the storage (a later start would then accept it too)."""
+    index = tmp_path / "index.db"
+    storage = tmp_path / "mnt"
+    storage.mkdir()
+    asyncio.run(_new_index(index, tmp_path / "disk"))
+    for _ in range(2):
+        line = _run_refused(tmp_path, storage, f'index = "{index}"', monkeypatch, capsys)
+        assert f"{storage}: storage identity file {IDENTITY_FILE} is missing" in line
+        assert "is the storage volume mounted?" in line and "Mount the recording disk" in line
+        assert list(storage.iterdir()) == []
+
+
+def test_run_refuses_the_storage_of_another_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = tmp_path / "disk"
+    theirs = asyncio.run(_new_index(storage / "index.db", storage))
+    ours = asyncio.run(_new_index(tmp_path / "ours.db"))
+    line = _run_refused(tmp_path, storage, f'index = "{tmp_path / "ours.db"}"', monkeypatch,
+                        capsys)  # fmt: skip
+    assert f"storage identity {theirs} does not match the index ({ours})" in line
+    assert "another index's storage" in line and "Refusing to start" in line
+    assert (storage / IDENTITY_FILE).read_text().strip() == theirs  # left as it was
+
+
+def test_run_makes_no_index_on_the_storage_of_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The configured index does not exist yet, but the root is another installation's disk:
+    refused before any index file is made there."""
+    storage = tmp_path / "disk"
+    asyncio.run(_new_index(tmp_path / "theirs.db", storage))
+    fresh = storage / "index.db"
+    line = _run_refused(tmp_path, storage, "", monkeypatch, capsys)
+    assert "this storage belongs to an index that is not at" in line and str(fresh) in line
+    assert not fresh.exists()

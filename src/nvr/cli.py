@@ -12,10 +12,12 @@ from pathlib import Path
 import uvloop
 
 from nvr import __version__
+from nvr.check_cli import add_parser as add_check_parser
 from nvr.clip_cli import add_parser as add_clip_parser
 from nvr.config import Config, load_config
 from nvr.discover_cli import add_parser as add_discover_parser
 from nvr.errors import ConfigError, NvrError
+from nvr.hold_cli import add_parser as add_hold_parser
 from nvr.logs import setup_logging
 from nvr.token_cli import add_parser as add_token_parser
 
@@ -87,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_discover_parser(sub)
     add_token_parser(sub)
+    add_hold_parser(sub)
     add_clip_parser(sub)
+    add_check_parser(sub)
 
     p = sub.add_parser("check-config", help="validate a configuration file")
     p.add_argument("file")

@@ -6,6 +6,10 @@ beginning (its partial file is discarded; the clip is rebuilt from the same segm
 result is the same bytes), and a job whose recording has gone since is marked ``failed`` with
 the reason. At most ``concurrency`` jobs write at once; the others wait their turn in order.
 Progress lives in memory (bytes written of the clip's known size).
+
+A job with ``hold`` places an evidence hold over its range on submission (case
+``export <id>``), so retention keeps its source even while the job waits; a job resumed after
+a restart has its hold already.
 """
 
 from __future__ import annotations
@@ -115,6 +119,16 @@ class ExportManager:
             requested_by=req.requested_by, token_name=req.token_name, hold=req.hold,
             file_name=f"{EXPORT_DIR}/{export_id}.mp4",
         )  # fmt: skip
+        if req.hold:  # placed now, so the source cannot be deleted while the job waits
+            try:
+                await self._index.add_hold(
+                    secrets.token_hex(8), [req.camera_id], req.start_90k, req.end_90k,
+                    case_ref=f"export {export_id}", reason=req.reason,
+                    created_by=req.token_name or req.requested_by, export_id=export_id,
+                )  # fmt: skip
+            except StorageError as exc:
+                await self._fail(row, f"could not place its hold: {exc}")
+                raise
         seconds = (req.end_90k - req.start_90k) // 90_000
         log.info("export %s queued: camera=%s, %d s, requested by %r", export_id,
                  req.camera_id, seconds, req.requested_by)  # fmt: skip
@@ -139,30 +153,32 @@ class ExportManager:
         async with self._slots:
             try:
                 await self._index.export_started(row.id)
-                clip = await plan_clip(self._index, self._root, row.camera_id, row.start_90k,
-                                       row.end_90k)  # fmt: skip
-                self._progress[row.id] = (0, clip.size_bytes)
-
-                def on_progress(done: int) -> None:
-                    self._progress[row.id] = (done, clip.size_bytes)
-
-                request = {"reason": row.reason, "requested_by": row.requested_by,
-                           "token_name": row.token_name, "hold": row.hold}  # fmt: skip
-                assert row.file_name is not None
-                with self._leases.hold(s.segment_id for s in clip.sources):
-                    size, sha = await write_export(
-                        self._index, self._root, clip, self._root / row.file_name,
-                        export_id=row.id, request=request, created_90k=row.created_90k,
-                        on_progress=on_progress,
-                    )  # fmt: skip
-                await self._index.export_done(row.id, size, sha)
-                log.info("export %s done: %d bytes, sha256 %s", row.id, size, sha)
+                # Leased by range before the segments are looked up, until the file is written.
+                with self._leases.hold_range(row.camera_id, row.start_90k, row.end_90k):
+                    await self._write(row)
             except NoRecordingError:
                 await self._fail(row, "nothing was recorded in the asked range")
             except StorageError as exc:
                 await self._fail(row, str(exc))
             finally:
                 self._progress.pop(row.id, None)
+
+    async def _write(self, row: ExportRow) -> None:
+        clip = await plan_clip(self._index, self._root, row.camera_id, row.start_90k, row.end_90k)
+        self._progress[row.id] = (0, clip.size_bytes)
+
+        def on_progress(done: int) -> None:
+            self._progress[row.id] = (done, clip.size_bytes)
+
+        request = {"reason": row.reason, "requested_by": row.requested_by,
+                   "token_name": row.token_name, "hold": row.hold}  # fmt: skip
+        assert row.file_name is not None
+        size, sha = await write_export(
+            self._index, self._root, clip, self._root / row.file_name, export_id=row.id,
+            request=request, created_90k=row.created_90k, on_progress=on_progress,
+        )  # fmt: skip
+        await self._index.export_done(row.id, size, sha)
+        log.info("export %s done: %d bytes, sha256 %s", row.id, size, sha)
 
     async def _fail(self, row: ExportRow, why: str) -> None:
         log.warning("export %s (camera=%s) failed: %s", row.id, row.camera_id, why)

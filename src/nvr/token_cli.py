@@ -1,35 +1,17 @@
 """``nvr token``: add, list and revoke the bearer tokens of the HTTP API.
 
-The tokens live in the index named by the configuration (``storage.index_path``). The index is
-opened the way ``nvr run`` opens it (mount and storage-identity checks included), so this works
-beside a running recorder and a first ``token add`` may create the index.
+The tokens live in the index named by the configuration (``storage.index_path``), opened by
+``cli_index`` the way ``nvr run`` opens it, so a first ``token add`` may create the index.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import TypeVar
 
 from nvr.api.auth import Role, check_token_name, new_token, token_json, token_sha256
-from nvr.config import Config, load_config
-from nvr.errors import ConfigError, NvrError
-from nvr.storage.index import Index
-from nvr.storage.recovery import check_mounted, check_storage_identity
-
-_T = TypeVar("_T")
-
-
-class _Refused(Exception):
-    """A one-line reason the command did nothing, and the exit status to give."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
+from nvr.cli_index import Refused, run_refusable, run_with_index
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,38 +39,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q.set_defaults(token_func=_revoke)
 
 
-async def _with_index(cfg: Config, body: Callable[[Index], Awaitable[_T]]) -> _T:
-    root = cfg.storage.path
-    if cfg.storage.require_mount:
-        check_mounted(root)
-    root.mkdir(parents=True, exist_ok=True)
-    index_path = cfg.storage.index_path
-    index_is_new = not index_path.exists()
-    async with await Index.open(index_path) as index:
-        check_storage_identity(root, await index.storage_identity(), index_is_new)
-        return await body(index)
-
-
-def _run(args: argparse.Namespace, body: Callable[[Index], Awaitable[_T]]) -> _T:
-    try:
-        cfg = load_config(Path(args.config))
-    except ConfigError as exc:
-        raise _Refused(" ".join(str(exc).split()), 2) from None
-    try:
-        return asyncio.run(_with_index(cfg, body))
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        raise _Refused(f"{where}{exc.strerror or exc}") from None
-    except NvrError as exc:
-        raise _Refused(" ".join(str(exc).split())) from None
-
-
 def _add(args: argparse.Namespace) -> int:
     problem = check_token_name(args.name)
     if problem is not None:
-        raise _Refused(problem.replace("'name'", "--name"))
+        raise Refused(problem.replace("'name'", "--name"))
     token = new_token()
-    row = _run(args, lambda index: index.add_token(args.name, args.role, token_sha256(token)))
+    sha256 = token_sha256(token)
+    row = run_with_index(args.config, lambda index: index.add_token(args.name, args.role, sha256))
     if args.json:
         print(json.dumps({"name": row.name, "role": row.role, "token": token}))
     else:
@@ -99,7 +56,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    rows = _run(args, lambda index: index.tokens())
+    rows = run_with_index(args.config, lambda index: index.tokens())
     shown = [token_json(r) for r in rows]
     if args.json:
         print(json.dumps(shown))
@@ -114,8 +71,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    if not _run(args, lambda index: index.revoke_token(args.name)):
-        raise _Refused(f"no valid token named {args.name!r}")
+    if not run_with_index(args.config, lambda index: index.revoke_token(args.name)):
+        raise Refused(f"no valid token named {args.name!r}")
     if args.json:
         print(json.dumps({"name": args.name, "revoked": True}))
     else:
@@ -126,9 +83,4 @@ def _revoke(args: argparse.Namespace) -> int:
 def run_token(args: argparse.Namespace) -> int:
     """Dispatch ``nvr token ...``; a refusal is one line on stderr and a non-zero status (2 for
     a configuration error, else 1)."""
-    try:
-        status: int = args.token_func(args)
-    except _Refused as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.status
-    return status
+    return run_refusable(args.token_func, args)

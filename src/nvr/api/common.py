@@ -1,12 +1,16 @@
-"""What every route module shares: the app's keys, JSON errors, camera lookup, range queries."""
+"""What every route module shares: the app's keys, JSON errors, JSON bodies, camera lookup,
+range queries."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from datetime import timezone
 from pathlib import Path
+from typing import Annotated, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from nvr.api.times import TimeFormatError, parse_rfc3339
 from nvr.ingest.camera import CameraStatus
@@ -18,9 +22,27 @@ INDEX_KEY: web.AppKey[Index] = web.AppKey("index")
 ROOT_KEY: web.AppKey[Path] = web.AppKey("root")
 MAX_RANGE_90K = 7 * 24 * 3600 * 90_000  # one query covers at most a week
 
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+CameraId = Annotated[str, Field(pattern=r"^[a-z0-9-]+$", max_length=64)]
+_Body = TypeVar("_Body", bound=BaseModel)
+
 
 def error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+async def json_body(request: web.Request, model: type[_Body]) -> _Body | web.Response:
+    """The request's JSON body as ``model``, or a 400 naming the first bad field."""
+    try:
+        raw = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return error(400, "bad_request", "the body must be a JSON object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        return error(400, "bad_request", f"{where}: {first['msg']}")
 
 
 def find_camera(request: web.Request, camera_id: str | None = None) -> CameraStatus | None:

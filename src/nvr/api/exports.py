@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import base64
-import json
 from datetime import UTC
-from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from nvr.api.auth import TOKEN_KEY
-from nvr.api.common import INDEX_KEY, ROOT_KEY, check_range, error, find_camera, no_camera
+from nvr.api.common import (
+    INDEX_KEY,
+    ROOT_KEY,
+    CameraId,
+    Text,
+    check_range,
+    error,
+    find_camera,
+    json_body,
+    no_camera,
+)
 from nvr.api.times import TimeFormatError, format_rfc3339, parse_rfc3339
 from nvr.api.video import MAX_CLIP_KEY, clip_file_name
 from nvr.exports import ExportManager, ExportRequest, manifest_name
@@ -19,16 +27,15 @@ from nvr.storage.index_rows import ExportRow, ExportState
 from nvr.storage.model import SegmentState
 
 EXPORTS_KEY: web.AppKey[ExportManager] = web.AppKey("exports")
-_Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 
 
 class _ExportBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    camera: Annotated[str, Field(pattern=r"^[a-z0-9-]+$", max_length=64)]
+    camera: CameraId
     start: str
     end: str
-    reason: _Text
-    requested_by: _Text
+    reason: Text
+    requested_by: Text
     hold: bool = True
 
 
@@ -55,16 +62,9 @@ def export_json(row: ExportRow, progress: tuple[int, int] | None) -> dict[str, o
 
 
 async def create_export(request: web.Request) -> web.Response:
-    try:
-        raw = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return error(400, "bad_request", "the body must be a JSON object")
-    try:
-        body = _ExportBody.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        return error(400, "bad_request", f"{where}: {first['msg']}")
+    body = await json_body(request, _ExportBody)
+    if isinstance(body, web.Response):
+        return body
     try:
         start_90k, _ = parse_rfc3339(body.start, "start")
         end_90k, _ = parse_rfc3339(body.end, "end")

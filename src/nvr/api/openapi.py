@@ -27,6 +27,8 @@ _TOKEN_NAME = {"name": "id", "in": "path", "required": True, "description": "The
                "schema": {"type": "string", "pattern": f"^{TOKEN_NAME.pattern}$"}}  # fmt: skip
 _EXPORT_ID = {"name": "id", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}  # fmt: skip
+_HOLD_ID = {"name": "id", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}  # fmt: skip
 _CLIP_HEADERS = {
     "Content-Disposition": {"schema": {"type": "string"}},
     "ETag": {"schema": {"type": "string"}},
@@ -133,6 +135,34 @@ def document() -> dict[str, Any]:
                 "parameters": [_EXPORT_ID], "responses": {
                     "200": {"description": "Manifest", "content": {"application/json": {}}},
                     "404": _ERROR, "409": _ERROR}}},
+            "/api/v1/holds": {
+                "get": {
+                    "summary": "Evidence holds, newest first",
+                    "parameters": [{"name": "active", "in": "query", "required": False,
+                                    "description": "true: only holds in force",
+                                    "schema": {"type": "boolean", "default": False}}],
+                    "responses": {
+                        "200": {"description": "Holds", **_json("#/components/schemas/HoldList")},
+                        "400": _ERROR}},
+                "post": {
+                    "summary": "Keep the recording of cameras over [start, end) from retention",
+                    "requestBody": {"required": True,
+                                    **_json("#/components/schemas/HoldRequest")},
+                    "responses": {
+                        "201": {"description": "Placed", "headers": {
+                                    "Location": {"schema": {"type": "string"}}},
+                                **_json("#/components/schemas/Hold")},
+                        "400": _ERROR, "404": _ERROR}}},
+            "/api/v1/holds/{id}": {
+                "get": {"summary": "One hold", "parameters": [_HOLD_ID], "responses": {
+                    "200": {"description": "Hold", **_json("#/components/schemas/Hold")},
+                    "404": _ERROR}},
+                "delete": {
+                    "summary": "Release a hold: its recording is subject to retention again",
+                    "parameters": [_HOLD_ID], "responses": {
+                        "200": {"description": "The released hold",
+                                **_json("#/components/schemas/Hold")},
+                        "404": _ERROR, "409": _ERROR}}},
             "/api/v1/config": {"get": {
                 "summary": "The running configuration, without secrets (URLs redacted)",
                 "responses": {"200": {"description": "Configuration",
@@ -184,7 +214,7 @@ def _nullable(kind: str) -> dict[str, Any]:
 def _schemas() -> dict[str, Any]:
     camera_props = {
         "id": {"type": "string"}, "state": {"type": "string", "enum": [
-            "connecting", "streaming", "backoff", "disabled", "stopped"]},
+            "connecting", "streaming", "backoff", "disabled", "stopped", "storage_full"]},
         "failures": {"type": "integer"}, "last_error": _nullable("string"),
         "last_error_kind": _nullable("string"), "last_frame_wall_ns": _nullable("integer"),
         "runs": {"type": "integer"}, "frames": {"type": "integer"},
@@ -262,6 +292,24 @@ def _schemas() -> dict[str, Any]:
         }),
         "ExportList": obj({"exports": {"type": "array",
                                        "items": {"$ref": "#/components/schemas/Export"}}}),
+        "HoldRequest": {**obj({
+            "cameras": {"type": "array", "minItems": 1, "maxItems": 64, "items": {
+                "type": "string", "pattern": "^[a-z0-9-]+$", "maxLength": 64}},
+            "start": _TIME, "end": _TIME,
+            "case": {"type": "string", "minLength": 1, "maxLength": 500},
+            "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+            "until": {**_TIME, "description": "When the hold lapses by itself (default: never)"},
+        }), "required": ["cameras", "start", "end", "case", "reason"]},
+        "Hold": obj({
+            "id": {"type": "string"}, "cameras": {"type": "array", "items": {"type": "string"}},
+            "start": _TIME, "end": _TIME, "until": {**_TIME, "type": ["string", "null"]},
+            "case": {"type": "string"}, "reason": {"type": "string"}, "created": _TIME,
+            "created_by": {"type": "string"}, "released": {**_TIME, "type": ["string", "null"]},
+            "released_by": _nullable("string"), "export_id": _nullable("string"),
+            "active": {"type": "boolean"},
+        }),
+        "HoldList": obj({"holds": {"type": "array",
+                                   "items": {"$ref": "#/components/schemas/Hold"}}}),
         "Error": obj({"error": obj({"code": {"type": "string"},
                                     "message": {"type": "string"}})}),
     }  # fmt: skip

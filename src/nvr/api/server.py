@@ -29,9 +29,10 @@ from nvr.api.common import (
     range_query,
 )
 from nvr.api.exports import add_export_routes
+from nvr.api.holds import add_hold_routes
 from nvr.api.times import TimeFormatError, format_rfc3339, parse_rfc3339
 from nvr.api.video import add_video_routes
-from nvr.clock import Clock
+from nvr.clock import Clock, SystemClock
 from nvr.errors import StorageError
 from nvr.exports import ExportManager
 from nvr.ingest.camera import CameraStatus
@@ -186,6 +187,7 @@ def make_app(
     if index is not None:
         app[INDEX_KEY] = index
         add_token_routes(app, index)
+        add_hold_routes(app, clock or SystemClock())
         app.router.add_get("/api/v1/cameras/{id}/recordings", recordings)
         if root is not None:
             app[ROOT_KEY] = root

@@ -58,7 +58,7 @@ from nvr.storage.index_rows import (
     token_row,
 )
 from nvr.storage.migrations import upgrade
-from nvr.storage.model import Fragment, RunEndReason, SegmentFile
+from nvr.storage.model import Fragment, RunEndReason, SegmentFile, SegmentState
 
 SCHEMA_VERSION = 3
 
@@ -557,6 +557,24 @@ class Index(LifecycleQueries):
             return decode_fragments(row[0])
         except StorageError as e:
             raise StorageError(f"index {self._path}: {what}: {e}") from e
+
+    async def segments_after(self, after_id: int, limit: int) -> list[SegmentRow]:
+        """Up to ``limit`` segments of every state with id above ``after_id``, by id: the
+        whole table a page at a time (``nvr check``)."""
+        sql = f"SELECT {SEGMENT_COLUMNS} FROM segment WHERE id > ? ORDER BY id LIMIT ?"
+        rows = await self._fetchall("segments_after", sql, (after_id, limit))
+        return [segment_row(r) for r in rows]
+
+    async def segment_states(self, rel_paths: Sequence[str]) -> dict[str, SegmentState]:
+        """The state of the segment at each of ``rel_paths`` that has a row."""
+        paths = list(rel_paths)
+        found: dict[str, SegmentState] = {}
+        for i in range(0, len(paths), 500):
+            chunk = paths[i : i + 500]
+            sql = f"SELECT path, state FROM segment WHERE path IN ({','.join('?' * len(chunk))})"
+            for path, state in await self._fetchall("segment_states", sql, chunk):
+                found[path] = SegmentState(state)
+        return found
 
     # --- API tokens ---
 

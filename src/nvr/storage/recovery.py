@@ -101,6 +101,18 @@ def check_mounted(root: Path) -> None:
         )
 
 
+def refuse_foreign_root(root: Path, index_path: Path) -> None:
+    """Before an index is created: a root that already carries an identity belongs to another
+    index, and making a new one beside it would record over that installation's disk."""
+    marker = root / IDENTITY_FILE
+    if not index_path.exists() and marker.exists():
+        raise StorageError(
+            f"{root}: this storage belongs to an index that is not at {index_path} (its "
+            f"identity file {IDENTITY_FILE} exists): point storage.index at that index, or "
+            "storage.path at an empty directory for a new installation. Refusing to start."
+        )
+
+
 def check_storage_identity(root: Path, identity: str, index_is_new: bool) -> None:
     """Tie the storage directory to its index, so a missing mount or swapped disk is refused.
 
@@ -124,9 +136,12 @@ def check_storage_identity(root: Path, identity: str, index_is_new: bool) -> Non
     if found is None:
         raise StorageError(
             f"{root}: storage identity file {IDENTITY_FILE} is missing but the index exists: "
-            "is the storage volume mounted? Refusing to record onto the wrong filesystem."
+            "is the storage volume mounted? Mount the recording disk (or correct "
+            "storage.path) and try again. Refusing to use a directory that is not this "
+            "index's storage."
         )
     raise StorageError(
-        f"{root}: storage identity {found} does not match the index ({identity}): "
-        "wrong disk or wrong index. Refusing to start."
+        f"{root}: storage identity {found} does not match the index ({identity}): this is "
+        "another index's storage (wrong disk, or wrong storage.index). Point storage.path "
+        "and storage.index at the same installation's disk and index. Refusing to start."
     )
