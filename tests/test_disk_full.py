@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from nvr.app import App
+from nvr.cli import main
 from nvr.config import Config, parse_config
 from nvr.ingest.camera import CameraState
 from support.fakecam import FakeCam
@@ -60,10 +61,12 @@ def _config(disk: Path, cam: FakeCam) -> Config:
         'audio = "off"\nstall_timeout_s = 5\nbackoff_initial_s = 0.2\nbackoff_max_s = 1\n'
         for i in range(3)
     )
-    return parse_config(
+    text = (
         f'[storage]\npath = "{disk}"\nsegment_seconds = 2\nmin_free_bytes = {FLOOR}\n'
         f'min_free_percent = 0\nspace_check_s = 0.2\n[api]\nlisten = "127.0.0.1:0"\n{cams}'
     )
+    (disk.parent / "nvr.toml").write_text(text)  # for `nvr check` afterwards
+    return parse_config(text)
 
 
 def _tree(disk: Path) -> set[str]:
@@ -121,6 +124,8 @@ async def test_three_cameras_fill_a_small_disk_and_the_floor_holds(
     # The index and the tree agree.
     assert _tree(small_disk) == set(kept)
     assert reader.segments(state="deleting") == []
+    check = ["check", "--config", str(small_disk.parent / "nvr.toml"), "--hash"]
+    assert await asyncio.to_thread(main, check) == 0  # its own event loop
 
 
 async def test_a_disk_full_of_held_footage_stops_recording_until_the_hold_is_released(

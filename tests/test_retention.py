@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from nvr.api.server import make_app
 from nvr.api.times import format_rfc3339
 from nvr.app import App
+from nvr.cli import main
 from nvr.clock import SimulatedClock
 from nvr.ingest.camera import CameraState, CameraStatus
 from nvr.media import VideoCodec
@@ -172,6 +173,7 @@ async def test_an_interrupted_deletion_is_finished_at_the_next_start(site: Site)
     await site.index.close()
     (site.root / IDENTITY_FILE).write_text(identity + "\n")  # as `nvr run` made it
     toml = '[[cameras]]\nid = "gate"\nurl = "rtsp://127.0.0.1:9/x"\nenabled = false\n'
+    (site.root.parent / "nvr.toml").write_text(f'[storage]\npath = "{site.root}"\n{toml}')
     app = App(make_config(site.root, toml))
     await app.start(serve_api=False)
     await app.stop()
@@ -180,6 +182,8 @@ async def test_an_interrupted_deletion_is_finished_at_the_next_start(site: Site)
     left = {s.path for s in reader.segments("gate")}
     assert not left & {s.path for s in segs}
     assert not any((site.root / s.path).exists() for s in segs)
+    check = ["check", "--config", str(site.root.parent / "nvr.toml")]
+    assert await asyncio.to_thread(main, check) == 0  # its own event loop
 
 
 async def test_the_gate_stops_and_restarts_a_camera(tmp_path: Path) -> None:
