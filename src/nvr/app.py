@@ -19,7 +19,7 @@ from nvr.ingest.source import FixedSource, OnvifSource, StreamSource
 from nvr.storage.index import Index
 from nvr.storage.leases import ReaderLeases
 from nvr.storage.recorder import Recorder
-from nvr.storage.recovery import check_mounted, check_storage_identity, recover, refuse_foreign_root
+from nvr.storage.recovery import open_checked_index, recover
 from nvr.storage.retention import CameraRule, Floor, Retention
 from nvr.storage.segmenter import assign_staggers
 from nvr.systemd import notify, watchdog_interval_s
@@ -46,14 +46,9 @@ class App:
     async def start(self, *, serve_api: bool = True) -> None:
         cfg = self.cfg
         root = cfg.storage.path
-        if cfg.storage.require_mount:
-            check_mounted(root)
-        root.mkdir(parents=True, exist_ok=True)
-        index_path = cfg.storage.index_path
-        refuse_foreign_root(root, index_path)
-        index_is_new = not index_path.exists()
-        self.index = index = await Index.open(index_path)
-        check_storage_identity(root, await index.storage_identity(), index_is_new)
+        self.index = index = await open_checked_index(
+            root, cfg.storage.index_path, require_mount=cfg.storage.require_mount
+        )
         report = await recover(index, root)
         if report.segments_recovered or report.runs_ended:
             log.info(

@@ -17,7 +17,7 @@ from typing import TypeVar
 from nvr.config import Config, load_config
 from nvr.errors import ConfigError, NvrError
 from nvr.storage.index import Index
-from nvr.storage.recovery import check_mounted, check_storage_identity, refuse_foreign_root
+from nvr.storage.recovery import open_checked_index
 
 _T = TypeVar("_T")
 
@@ -31,15 +31,10 @@ class Refused(Exception):
 
 
 async def _with_index(cfg: Config, body: Callable[[Index], Awaitable[_T]]) -> _T:
-    root = cfg.storage.path
-    if cfg.storage.require_mount:
-        check_mounted(root)
-    root.mkdir(parents=True, exist_ok=True)
-    index_path = cfg.storage.index_path
-    refuse_foreign_root(root, index_path)
-    index_is_new = not index_path.exists()
-    async with await Index.open(index_path) as index:
-        check_storage_identity(root, await index.storage_identity(), index_is_new)
+    storage = cfg.storage
+    index = await open_checked_index(storage.path, storage.index_path,
+                                     require_mount=storage.require_mount)  # fmt: skip
+    async with index:
         return await body(index)
 
 

@@ -101,6 +101,29 @@ def check_mounted(root: Path) -> None:
         )
 
 
+async def open_checked_index(root: Path, index_path: Path, *, require_mount: bool) -> Index:
+    """Open (or, on a first run, create) the index of the storage at ``root``, refusing a root
+    that is not a mount point when one is required, another installation's disk, or an empty
+    directory where the storage was. The caller closes the index."""
+    index_is_new = await asyncio.to_thread(_prepare_root, root, index_path, require_mount)
+    index = await Index.open(index_path)
+    try:
+        check_storage_identity(root, await index.storage_identity(), index_is_new)
+    except BaseException:
+        await index.close()
+        raise
+    return index
+
+
+def _prepare_root(root: Path, index_path: Path, require_mount: bool) -> bool:
+    """The checks before the index is opened; True when the index is still to be made."""
+    if require_mount:
+        check_mounted(root)
+    root.mkdir(parents=True, exist_ok=True)
+    refuse_foreign_root(root, index_path)
+    return not index_path.exists()
+
+
 def refuse_foreign_root(root: Path, index_path: Path) -> None:
     """Before an index is created: a root that already carries an identity belongs to another
     index, and making a new one beside it would record over that installation's disk."""
