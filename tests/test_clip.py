@@ -7,7 +7,6 @@ HTTP route and exports use.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator
@@ -19,33 +18,23 @@ from nvr.media import VideoCodec
 from nvr.storage.clip import ClipCache, NoRecordingError, plan_clip
 from nvr.storage.index import Index
 from nvr.storage.model import RunEndReason
-from support.media import encode_clip
-from support.recorded import Recorded, record_clip, recorded_frames
+from support.recorded import Recorded, make_recording
 from support.recording import ffprobe_errors, mp4_video_units
 
 SECOND = 90_000
 FRAME = SECOND // 25
 
 
-def _record(root: Path, seconds: float, gaps: dict[float, tuple[float, RunEndReason]]) -> Recorded:
-    clip = encode_clip(VideoCodec.H264, 325)  # 13 s: no two 60-s segments alike
-
-    async def go() -> None:
-        index = await record_clip(root, clip, seconds=seconds, gaps=gaps)
-        await index.close()
-
-    asyncio.run(go())
-    return recorded_frames(root, root / "index.db")
-
-
 @pytest.fixture(scope="module")
 def eleven_minutes(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    return _record(tmp_path_factory.mktemp("rec"), 12 * 60, {})
+    return make_recording(tmp_path_factory.mktemp("rec"), 12 * 60, {})
 
 
 @pytest.fixture(scope="module")
 def with_gap(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    return _record(tmp_path_factory.mktemp("gap"), 200, {100.0: (30.0, RunEndReason.TIMEOUT)})
+    return make_recording(
+        tmp_path_factory.mktemp("gap"), 200, {100.0: (30.0, RunEndReason.TIMEOUT)}
+    )
 
 
 @pytest.fixture

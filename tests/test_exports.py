@@ -26,8 +26,7 @@ from nvr.storage.index_rows import ExportState
 from nvr.storage.leases import ReaderLeases
 from nvr.storage.model import RunEndReason
 from support.api import auth_headers
-from support.media import encode_clip
-from support.recorded import Recorded, record_clip, recorded_frames
+from support.recorded import Recorded, make_recording
 from support.recording import IndexReader, ffprobe_errors, mp4_video_units
 
 SECOND = 90_000
@@ -36,20 +35,12 @@ STATUS = CameraStatus(id="gate", state=CameraState.STREAMING, failures=0, last_e
                       segments_closed=0)  # fmt: skip
 
 
-def _record(root: Path, seconds: float, gaps: dict[float, tuple[float, RunEndReason]]) -> Recorded:
-    clip = encode_clip(VideoCodec.H264, 325)
-
-    async def go() -> None:
-        await (await record_clip(root, clip, seconds=seconds, gaps=gaps)).close()
-
-    asyncio.run(go())
-    return recorded_frames(root, root / "index.db")
-
-
 @pytest.fixture(scope="module")
 def hour(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     """A bit over an hour, with a 20-s gap (a stall) 40 minutes in."""
-    return _record(tmp_path_factory.mktemp("hour"), 3720, {2400.0: (20.0, RunEndReason.TIMEOUT)})
+    return make_recording(
+        tmp_path_factory.mktemp("hour"), 3720, {2400.0: (20.0, RunEndReason.TIMEOUT)}
+    )
 
 
 def _iso(t_90k: int) -> str:

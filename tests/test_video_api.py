@@ -15,13 +15,11 @@ from nvr.api.server import make_app
 from nvr.api.times import format_rfc3339
 from nvr.api.times import parse_rfc3339 as _parse
 from nvr.ingest.camera import CameraState, CameraStatus
-from nvr.media import VideoCodec
 from nvr.storage.index import Index
 from nvr.storage.leases import ReaderLeases
 from nvr.storage.model import RunEndReason
 from support.api import auth_headers
-from support.media import encode_clip
-from support.recorded import Recorded, record_clip, recorded_frames
+from support.recorded import Recorded, make_recording
 from support.recording import poll
 
 SECOND = 90_000
@@ -32,19 +30,11 @@ STATUS = CameraStatus(id="gate", state=CameraState.STREAMING, failures=0, last_e
 PLUS7 = _parse("2026-01-01T00:00:00+07:00", "t")[1]
 
 
-def _record(root: Path, seconds: float, gaps: dict[float, tuple[float, RunEndReason]]) -> Recorded:
-    clip = encode_clip(VideoCodec.H264, 325)
-
-    async def go() -> None:
-        await (await record_clip(root, clip, seconds=seconds, gaps=gaps)).close()
-
-    asyncio.run(go())
-    return recorded_frames(root, root / "index.db")
-
-
 @pytest.fixture(scope="module")
 def rec(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    return _record(tmp_path_factory.mktemp("rec"), 330, {200.0: (20.0, RunEndReason.TIMEOUT)})
+    return make_recording(
+        tmp_path_factory.mktemp("rec"), 330, {200.0: (20.0, RunEndReason.TIMEOUT)}
+    )
 
 
 @dataclass

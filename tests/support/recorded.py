@@ -7,18 +7,19 @@ seconds to make, so playback and export tests can ask for real 10-minute and 1-h
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 
 from nvr.clock import SimulatedClock
-from nvr.media import VideoAccessUnit
+from nvr.media import VideoAccessUnit, VideoCodec
 from nvr.storage.index import Index
 from nvr.storage.model import RunEndReason
 from nvr.storage.nal_framing import sample_nal_units
 from nvr.storage.recorder import Recorder
-from support.media import Clip
+from support.media import Clip, encode_clip
 from support.recording import IndexReader
 
 
@@ -99,3 +100,17 @@ def recorded_frames(root: Path, index_path: Path, camera_id: str = "gate") -> Re
                     frames.append((t, tuple(sample_nal_units(bytes(p), size)), p.is_keyframe))
     step = frames[1][0] - frames[0][0]
     return Recorded(root, index_path, camera_id, step, frames)
+
+
+def make_recording(
+    root: Path, seconds: float, gaps: dict[float, tuple[float, RunEndReason]] | None = None
+) -> Recorded:
+    """For module fixtures (no event loop of their own): record ``seconds`` of a 13-s looped
+    H.264 clip (so no two 60-s segments are alike) into ``root`` and read it back."""
+    clip = encode_clip(VideoCodec.H264, 325)
+
+    async def go() -> None:
+        await (await record_clip(root, clip, seconds=seconds, gaps=gaps)).close()
+
+    asyncio.run(go())
+    return recorded_frames(root, root / "index.db")
