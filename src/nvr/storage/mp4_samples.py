@@ -14,12 +14,6 @@ from dataclasses import dataclass
 
 from nvr.storage.mp4box import (
     _SAMPLE_NON_SYNC,
-    _TFHD_BASE_DATA_OFFSET,
-    _TFHD_DEFAULT_BASE_IS_MOOF,
-    _TFHD_DEFAULT_DURATION,
-    _TFHD_DEFAULT_FLAGS,
-    _TFHD_DEFAULT_SIZE,
-    _TFHD_SAMPLE_DESCRIPTION_INDEX,
     _TRUN_CTS,
     _TRUN_DATA_OFFSET,
     _TRUN_DURATION,
@@ -30,6 +24,7 @@ from nvr.storage.mp4box import (
     _children,
     _full_box,
     _need,
+    parse_tfhd,
 )
 
 
@@ -141,37 +136,18 @@ def parse_fragment(
 
 def _parse_traf(body: bytes, moof_offset: int, tracks: dict[int, Track]) -> TrackFragment:
     children = _children(body, "traf")
-    tfhd = next((b for t, b in children if t == b"tfhd"), None)
-    if tfhd is None:
-        raise Mp4FormatError(f"traf without tfhd in moof at offset {moof_offset}")
-    _, flags = _full_box(tfhd, "tfhd")
-    _need(tfhd, 8, "tfhd")
-    (track_id,) = struct.unpack_from(">I", tfhd, 4)
+    head = parse_tfhd(children, moof_offset)
+    track_id, base = head.track_id, head.base_offset
     track = tracks.get(track_id)
     if track is None:
         raise Mp4FormatError(f"traf for track {track_id} not declared in moov")
-    pos = 8
-    base = moof_offset if flags & _TFHD_DEFAULT_BASE_IS_MOOF else None
-    if flags & _TFHD_BASE_DATA_OFFSET:
-        _need(tfhd, pos + 8, "tfhd")
-        (base,) = struct.unpack_from(">Q", tfhd, pos)
-        pos += 8
-    if flags & _TFHD_SAMPLE_DESCRIPTION_INDEX:
-        pos += 4
     defaults: dict[int, int | None] = {
-        _TRUN_DURATION: track.default_duration,
-        _TRUN_SIZE: None,
-        _TRUN_FLAGS: track.default_flags,
-    }
-    for flag, key in (
-        (_TFHD_DEFAULT_DURATION, _TRUN_DURATION),
-        (_TFHD_DEFAULT_SIZE, _TRUN_SIZE),
-        (_TFHD_DEFAULT_FLAGS, _TRUN_FLAGS),
-    ):
-        if flags & flag:
-            _need(tfhd, pos + 4, "tfhd")
-            (defaults[key],) = struct.unpack_from(">I", tfhd, pos)
-            pos += 4
+        _TRUN_DURATION: head.default_duration if head.default_duration is not None
+        else track.default_duration,
+        _TRUN_SIZE: head.default_size,
+        _TRUN_FLAGS: head.default_flags if head.default_flags is not None
+        else track.default_flags,
+    }  # fmt: skip
     if base is None:
         raise Mp4FormatError(f"track {track_id} fragment at {moof_offset}: no data base offset")
     decode_time = 0

@@ -227,17 +227,26 @@ def parse_moof(payload: bytes, offset: int, init: InitInfo) -> tuple[int, tuple[
     return sequence, tuple(runs)
 
 
-def _parse_traf(body: bytes, moof_offset: int, tracks: dict[int, TrackInfo]) -> TrackRun:
-    children = _children(body, "traf")
-    tfhd = next((b for t, b in children if t == b"tfhd"), None)
+@dataclass(frozen=True, slots=True)
+class TrackFragmentHeader:
+    """A ``tfhd``: the track, where its sample data is counted from, and the defaults it sets
+    (None where it sets none and the ``trex`` default applies)."""
+
+    track_id: int
+    base_offset: int | None  # absolute file offset data offsets count from, when known
+    default_duration: int | None
+    default_size: int | None
+    default_flags: int | None
+
+
+def parse_tfhd(traf_children: list[tuple[bytes, bytes]], moof_offset: int) -> TrackFragmentHeader:
+    """The ``tfhd`` among a ``traf``'s children (the ``moof`` box starts at ``moof_offset``)."""
+    tfhd = next((b for t, b in traf_children if t == b"tfhd"), None)
     if tfhd is None:
         raise Mp4FormatError(f"traf without tfhd in moof at offset {moof_offset}")
     _, flags = _full_box(tfhd, "tfhd")
     _need(tfhd, 8, "tfhd")
     (track_id,) = struct.unpack_from(">I", tfhd, 4)
-    track = tracks.get(track_id)
-    if track is None:
-        raise Mp4FormatError(f"traf for track {track_id} not declared in moov")
     pos = 8
     base = moof_offset if flags & _TFHD_DEFAULT_BASE_IS_MOOF else None
     if flags & _TFHD_BASE_DATA_OFFSET:
@@ -246,20 +255,30 @@ def _parse_traf(body: bytes, moof_offset: int, tracks: dict[int, TrackInfo]) -> 
         pos += 8
     if flags & _TFHD_SAMPLE_DESCRIPTION_INDEX:
         pos += 4
-    default_duration = track.default_sample_duration
-    default_size: int | None = None
-    default_flags = track.default_sample_flags
-    if flags & _TFHD_DEFAULT_DURATION:
-        _need(tfhd, pos + 4, "tfhd")
-        (default_duration,) = struct.unpack_from(">I", tfhd, pos)
-        pos += 4
-    if flags & _TFHD_DEFAULT_SIZE:
-        _need(tfhd, pos + 4, "tfhd")
-        (default_size,) = struct.unpack_from(">I", tfhd, pos)
-        pos += 4
-    if flags & _TFHD_DEFAULT_FLAGS:
-        _need(tfhd, pos + 4, "tfhd")
-        (default_flags,) = struct.unpack_from(">I", tfhd, pos)
+    defaults: list[int | None] = []
+    for flag in (_TFHD_DEFAULT_DURATION, _TFHD_DEFAULT_SIZE, _TFHD_DEFAULT_FLAGS):
+        value = None
+        if flags & flag:
+            _need(tfhd, pos + 4, "tfhd")
+            (value,) = struct.unpack_from(">I", tfhd, pos)
+            pos += 4
+        defaults.append(value)
+    return TrackFragmentHeader(track_id, base, *defaults)
+
+
+def _parse_traf(body: bytes, moof_offset: int, tracks: dict[int, TrackInfo]) -> TrackRun:
+    children = _children(body, "traf")
+    head = parse_tfhd(children, moof_offset)
+    track_id = head.track_id
+    track = tracks.get(track_id)
+    if track is None:
+        raise Mp4FormatError(f"traf for track {track_id} not declared in moov")
+    base = head.base_offset
+    default_duration = (head.default_duration if head.default_duration is not None
+                        else track.default_sample_duration)  # fmt: skip
+    default_size = head.default_size
+    default_flags = (head.default_flags if head.default_flags is not None
+                     else track.default_sample_flags)  # fmt: skip
 
     decode_time: int | None = None
     count = duration = 0
