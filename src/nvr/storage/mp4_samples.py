@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from nvr.storage.mp4box import (
     _SAMPLE_NON_SYNC,
     _TRUN_CTS,
-    _TRUN_DATA_OFFSET,
     _TRUN_DURATION,
-    _TRUN_FIRST_SAMPLE_FLAGS,
     _TRUN_FLAGS,
     _TRUN_SIZE,
     Mp4FormatError,
@@ -25,6 +23,7 @@ from nvr.storage.mp4box import (
     _full_box,
     _need,
     parse_tfhd,
+    parse_trun,
 )
 
 
@@ -165,27 +164,9 @@ def _parse_traf(body: bytes, moof_offset: int, tracks: dict[int, Track]) -> Trac
 def _parse_trun(
     box: bytes, base: int, defaults: dict[int, int | None], moof_offset: int
 ) -> list[Sample]:
-    _, flags = _full_box(box, "trun")
-    _need(box, 8, "trun")
-    (count,) = struct.unpack_from(">I", box, 4)
-    pos = 8
-    data_offset = 0
-    if flags & _TRUN_DATA_OFFSET:
-        _need(box, pos + 4, "trun")
-        (data_offset,) = struct.unpack_from(">i", box, pos)
-        pos += 4
-    first_flags: int | None = None
-    if flags & _TRUN_FIRST_SAMPLE_FLAGS:
-        _need(box, pos + 4, "trun")
-        (first_flags,) = struct.unpack_from(">I", box, pos)
-        pos += 4
-    fields = [f for f in (_TRUN_DURATION, _TRUN_SIZE, _TRUN_FLAGS, _TRUN_CTS) if flags & f]
-    end = pos + 4 * len(fields) * count
-    _need(box, end, "trun")
-    # One column per present field (a sample's entry is its fields in this order), the
-    # tfhd/trex default where a field is absent.
-    rows = list(struct.iter_unpack(f">{len(fields)}I", box[pos:end])) if fields else []
-    columns = {f: [r[i] for r in rows] for i, f in enumerate(fields)}
+    t = parse_trun(box)
+    count, columns, first_flags = t.count, t.columns, t.first_flags
+    data_offset = t.data_offset or 0
     if any(columns.get(_TRUN_CTS, ())):
         raise Mp4FormatError(f"fragment at {moof_offset}: composition offsets (B-frames)")
 

@@ -315,10 +315,18 @@ def _parse_traf(body: bytes, moof_offset: int, tracks: dict[int, TrackInfo]) -> 
     )
 
 
-def _parse_trun(
-    box: bytes, default_duration: int, default_size: int | None, default_flags: int
-) -> tuple[int, int, int, int | None, int | None]:
-    """(sample count, total duration, first sample's flags, data offset, total size)."""
+@dataclass(frozen=True, slots=True)
+class TrunEntries:
+    """A ``trun``: its sample count, data offset, first-sample flags, and one column of
+    values per field it carries (absent fields take the ``tfhd``/``trex`` defaults)."""
+
+    count: int
+    data_offset: int | None
+    first_flags: int | None
+    columns: dict[int, list[int]]  # _TRUN_DURATION, _TRUN_SIZE, _TRUN_FLAGS, _TRUN_CTS
+
+
+def parse_trun(box: bytes) -> TrunEntries:
     _, flags = _full_box(box, "trun")
     _need(box, 8, "trun")
     (count,) = struct.unpack_from(">I", box, 4)
@@ -334,24 +342,28 @@ def _parse_trun(
         (first_flags,) = struct.unpack_from(">I", box, pos)
         pos += 4
     fields = [f for f in (_TRUN_DURATION, _TRUN_SIZE, _TRUN_FLAGS, _TRUN_CTS) if flags & f]
-    _need(box, pos + 4 * len(fields) * count, "trun")
-    duration = 0
-    size: int | None = 0
-    for i in range(count):
-        values = dict(zip(fields, struct.unpack_from(f">{len(fields)}I", box, pos), strict=True))
-        pos += 4 * len(fields)
-        duration += values.get(_TRUN_DURATION, default_duration)
-        sample_size = values.get(_TRUN_SIZE, default_size)
-        size = None if size is None or sample_size is None else size + sample_size
-        if i == 0 and first_flags is None:
-            first_flags = values.get(_TRUN_FLAGS, default_flags)
-    return (
-        count,
-        duration,
-        first_flags if first_flags is not None else default_flags,
-        data_offset,
-        size,
-    )
+    end = pos + 4 * len(fields) * count
+    _need(box, end, "trun")
+    rows = list(struct.iter_unpack(f">{len(fields)}I", box[pos:end])) if fields else []
+    columns = {f: [r[i] for r in rows] for i, f in enumerate(fields)}
+    return TrunEntries(count, data_offset, first_flags, columns)
+
+
+def _parse_trun(
+    box: bytes, default_duration: int, default_size: int | None, default_flags: int
+) -> tuple[int, int, int, int | None, int | None]:
+    """(sample count, total duration, first sample's flags, data offset, total size)."""
+    t = parse_trun(box)
+    durations = t.columns.get(_TRUN_DURATION)
+    duration = sum(durations) if durations is not None else default_duration * t.count
+    sizes = t.columns.get(_TRUN_SIZE)
+    size = sum(sizes) if sizes is not None else (
+        default_size * t.count if default_size is not None else None)  # fmt: skip
+    first = t.first_flags
+    if first is None:
+        flags = t.columns.get(_TRUN_FLAGS)
+        first = flags[0] if flags else default_flags
+    return t.count, duration, first, t.data_offset, size
 
 
 class Mp4Scanner:
