@@ -103,7 +103,7 @@ def _run_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> str:  # fmt: skip
     """``nvr run`` on this storage: it must return (not record) with status 1 and one line."""
-    monkeypatch.setattr(cli, "setup_logging", lambda level: None)  # keep pytest's handlers
+    monkeypatch.setattr(cli, "setup_logging", lambda *args: None)  # keep pytest's handlers
     config = tmp_path / "nvr.toml"
     config.write_text(f'[storage]\npath = "{storage}"\n{extra}\n[api]\n'
                       'listen = "127.0.0.1:0"\n', encoding="utf-8")  # fmt: skip

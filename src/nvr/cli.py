@@ -62,7 +62,7 @@ def _summary(cfg: Config) -> dict[str, object]:
 def _run(args: argparse.Namespace) -> int:
     from nvr.app import serve  # noqa: PLC0415  # keeps PyAV out of check-config's start-up
 
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     try:
         cfg = load_config(Path(args.config))
     except ConfigError as exc:
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="record every configured camera and serve the API")
     p.add_argument("--config", "-c", required=True, help="TOML configuration file")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="text (journald priorities under systemd) or one JSON object a line")
     p.set_defaults(func=_run)
 
     add_discover_parser(sub)
