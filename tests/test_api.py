@@ -21,6 +21,7 @@ from nvr.config import parse_config
 from nvr.exports import ExportManager
 from nvr.ingest.camera import CameraState, CameraStatus
 from nvr.media import VideoAccessUnit, VideoCodec
+from nvr.metrics import Metrics
 from nvr.storage.index import Index
 from nvr.storage.leases import ReaderLeases
 from nvr.storage.model import Fragment, RunEndReason, SegmentFile
@@ -49,7 +50,11 @@ async def test_health_and_camera_status(tmp_path: Path) -> None:
                    headers=await auth_headers(index)) as client,
     ):  # fmt: skip
         resp = await client.get("/healthz")
-        assert resp.status == 200 and await resp.json() == {"status": "ok"}
+        assert resp.status == 200 and await resp.json() == {
+            "status": "ok", "problems": [],
+            "degraded_cameras": [{"id": "gate", "state": "backoff", "last_error_kind": "auth"}],
+            "storage": {"free_bytes": None, "recording_allowed": None},
+        }  # fmt: skip
         resp = await client.get("/api/v1/cameras")
         body = await resp.json()
         assert body["cameras"][0]["state"] == "backoff"
@@ -145,7 +150,7 @@ async def test_every_route_is_in_the_openapi_document(tmp_path: Path) -> None:
         leases = ReaderLeases()
         exports = ExportManager(index, tmp_path, leases)
         app = make_app(lambda: [STATUS_GATE], index, tmp_path, leases=leases, exports=exports,
-                       config=lambda: {})  # fmt: skip
+                       config=lambda: {}, metrics=Metrics(lambda: [], index=index))  # fmt: skip
         routes = {r.resource.canonical for r in app.router.routes()
                   if r.method != "HEAD" and r.resource is not None}  # fmt: skip
         async with TestClient(TestServer(app), headers=await auth_headers(index)) as client:

@@ -52,8 +52,10 @@ from nvr.config import parse_config
 from nvr.exports import ExportManager
 from nvr.ingest.camera import CameraState, CameraStatus
 from nvr.media import VideoCodec
+from nvr.metrics import Metrics
 from nvr.storage.index import Index
 from nvr.storage.leases import ReaderLeases
+from nvr.storage.recovery import check_storage_identity
 from support.api import ISSUED_TOKENS, bearer
 from support.media import encode_clip
 from support.recorded import record_clip
@@ -97,6 +99,7 @@ class Served:
 
 async def _serve(root: Path, ready: concurrent.futures.Future[Served], stop: asyncio.Event) -> None:
     index = await Index.open(root / "index.db")
+    check_storage_identity(root, await index.storage_identity(), index_is_new=True)
     try:
         await index.add_token(ADMIN, "admin", token_sha256(ADMIN_TOKEN))
         leases = ReaderLeases()
@@ -104,7 +107,7 @@ async def _serve(root: Path, ready: concurrent.futures.Future[Served], stop: asy
         cfg = parse_config(f'[storage]\npath = "{root}"\n[[cameras]]\nid = "gate"\n'
                            'url = "rtsp://127.0.0.1:554/live"\n')  # fmt: skip
         app = make_app(lambda: [STATUS], index, root, leases=leases, exports=exports,
-                       config=cfg.public)  # fmt: skip
+                       config=cfg.public, metrics=Metrics(lambda: [], index=index))  # fmt: skip
         runner = web.AppRunner(app)
         await runner.setup()
         try:
@@ -223,6 +226,7 @@ def test_the_served_document_is_the_one_fuzzed(served: Served) -> None:
 def test_recorded_answers_match_the_document(served: Served) -> None:
     ict = timezone(timedelta(hours=7))
     _call(served, "GET", "/healthz", 200)
+    _call(served, "GET", "/metrics", 200)
     _call(served, "GET", "/api/v1/cameras", 200)
     _call(served, "GET", "/api/v1/cameras/{id}", 200, path_parameters={"id": "gate"})
     found = _camera(

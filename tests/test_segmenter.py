@@ -62,6 +62,16 @@ def test_a_site_gets_distinct_seconds_stable_when_cameras_are_added() -> None:
     assert set(crowded.values()) <= {0, SECOND, 2 * SECOND}
 
 
+def test_cameras_added_by_a_reload_fit_around_the_recording_ones() -> None:
+    segment = 60 * SECOND
+    running = {"gate": 7 * SECOND, "yard": 8 * SECOND}  # whatever they got at start
+    clash = next(f"new-{i}" for i in range(1000)
+                 if stagger_offset_90k(f"new-{i}", segment) == 7 * SECOND)  # fmt: skip
+    out = assign_staggers([*running, clash], segment, fixed=running)
+    assert out["gate"] == 7 * SECOND and out["yard"] == 8 * SECOND
+    assert out[clash] == 9 * SECOND  # the next free second after its hashed one
+
+
 def test_stagger_is_stable_whole_seconds_and_spreads_cameras() -> None:
     segment = 60 * SECOND
     offsets = [stagger_offset_90k(f"cam-{i:02d}", segment) for i in range(16)]

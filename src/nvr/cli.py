@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        return uvloop.run(serve(cfg))
+        return uvloop.run(serve(cfg, Path(args.config)))
     except NvrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

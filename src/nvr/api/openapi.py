@@ -56,8 +56,26 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "nvr", "version": __version__},
         "paths": {
-            "/healthz": {"get": {"summary": "Liveness", "responses": {
-                "200": {"description": "Up", **_json("#/components/schemas/Health")}}}},
+            "/healthz": {"get": {
+                "summary": "Health: the index takes writes and the storage is this index's",
+                "description": (
+                    "200 while the event loop runs, the index commits a write and the storage "
+                    "directory carries the index's identity; otherwise 503 naming each problem. "
+                    "Both list the enabled cameras that are not streaming, and storage facts. "
+                    "Each probe waits at most 2 s."),
+                "responses": {
+                    "200": {"description": "Healthy", **_json("#/components/schemas/Health")},
+                    "503": {"description": "Failing; `problems` says why",
+                            **_json("#/components/schemas/Health")}}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics (text format)",
+                "description": (
+                    "Metric names, labels and units are in docs/operations.md. Prometheus sends "
+                    "the token with its `authorization` (`credentials_file`) or "
+                    "`bearer_token_file` scrape setting."),
+                "responses": {"200": {"description": "Prometheus text exposition format",
+                                      "content": {"text/plain": {
+                                          "schema": {"type": "string"}}}}}}},
             "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {
                 "200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}}}},
             "/api/v1/cameras": {"get": {"summary": "Every camera and its state", "responses": {
@@ -249,7 +267,15 @@ def _schemas() -> dict[str, Any]:
                 "additionalProperties": False}  # fmt: skip
 
     return {
-        "Health": obj({"status": {"type": "string"}}),
+        "Health": obj({
+            "status": {"type": "string", "enum": ["ok", "failing"]},
+            "problems": {"type": "array", "items": {"type": "string"}},
+            "degraded_cameras": {"type": "array", "items": obj({
+                "id": {"type": "string"}, "state": camera_props["state"],
+                "last_error_kind": _nullable("string")})},
+            "storage": obj({"free_bytes": _nullable("integer"),
+                            "recording_allowed": _nullable("boolean")}),
+        }),
         "Camera": obj(camera_props),
         "CameraList": obj({"cameras": {"type": "array",
                                        "items": {"$ref": "#/components/schemas/Camera"}}}),

@@ -30,12 +30,14 @@ from nvr.api.common import (
 )
 from nvr.api.exports import add_export_routes
 from nvr.api.holds import add_hold_routes
+from nvr.api.monitoring import add_monitoring_routes
 from nvr.api.times import TimeFormatError, format_rfc3339, parse_rfc3339
 from nvr.api.video import add_video_routes
 from nvr.clock import Clock, SystemClock
 from nvr.errors import StorageError
 from nvr.exports import ExportManager
 from nvr.ingest.camera import CameraStatus
+from nvr.metrics import Metrics
 from nvr.storage.index import Index
 from nvr.storage.index_rows import Gap, RunRow, SegmentRow
 from nvr.storage.leases import ReaderLeases
@@ -45,10 +47,6 @@ from nvr.storage.snapshot import keyframe_jpeg
 
 def _status_json(st: CameraStatus) -> dict[str, object]:
     return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(st).items()}
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -173,11 +171,18 @@ def make_app(
     exports: ExportManager | None = None,
     max_clip_90k: int = 86_400 * 90_000,
     config: Callable[[], Mapping[str, object]] | None = None,
+    metrics: Metrics | None = None,
 ) -> web.Application:
-    """The API. Tokens are checked against ``index``; without one only /healthz answers."""
-    app = web.Application(middlewares=[auth_middleware(index, clock=clock)])
+    """The API. Tokens are checked against ``index``; without one only /healthz answers.
+
+    With ``metrics``, /metrics is served and every answer is counted (401s and 404s too).
+    """
+    middlewares = [auth_middleware(index, clock=clock)]
+    if metrics is not None:
+        middlewares.insert(0, metrics.middleware())  # outermost: sees 401s and 404s too
+    app = web.Application(middlewares=middlewares)
     app[STATUS_KEY] = status
-    app.router.add_get("/healthz", healthz)
+    add_monitoring_routes(app, index, root, metrics)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     app.router.add_get("/api/v1/cameras", cameras)
     app.router.add_get("/api/v1/cameras/{id}", camera)

@@ -143,6 +143,8 @@ class CameraSupervisor:
         self._last_frame_mono_ns: int | None = None  # last complete video frame
         self._last_packet_mono_ns: int | None = None  # last video RTP packet
         self.last_frame_wall_ns: int | None = None
+        self.last_frame_mono_ns: int | None = None  # last video frame handed to the recorder
+        self.connects = 0  # sessions attempted: the first connect and every reconnect
         self._last_logged_mono_ns: int | None = None
 
     def status(self) -> CameraStatus:
@@ -163,6 +165,7 @@ class CameraSupervisor:
                     await self._gate.wait_ok()
                     log.info("camera=%s storage has room again; reconnecting", self.cfg.id)
                 self.state = CameraState.CONNECTING
+                self.connects += 1
                 started_ns = self._clock.monotonic_ns()
                 try:
                     await self._session_once()
@@ -306,6 +309,7 @@ class CameraSupervisor:
                 )
             if isinstance(item, VideoAccessUnit):
                 self.last_frame_wall_ns = self._clock.wall_ns()
+                self.last_frame_mono_ns = self._clock.monotonic_ns()
                 await self.recorder.video(item, recv_ns)
                 if self.recorder.recording:
                     self.state = CameraState.STREAMING

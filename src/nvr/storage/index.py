@@ -298,6 +298,19 @@ class Index(LifecycleQueries):
         """The UUID made when this index was created."""
         return self._uuid
 
+    async def probe_writable(self) -> None:
+        """Commit a one-row write (the meta row, unchanged) through the writer: raises
+        ``StorageError`` when the index cannot take writes. Costs one WAL append and fsync."""
+
+        async def body(db: _Db) -> None:
+            cur = await db.execute(
+                "UPDATE meta SET schema_version = schema_version WHERE id = 1"
+            )
+            if cur.rowcount != 1:
+                raise StorageError("the meta row is missing")
+
+        await self._write("probe_writable", body)
+
     async def upsert_camera(self, camera_id: str, name: str, source: str) -> None:
         """Add a camera or update its name and source (a password in the URL is removed)."""
         if not _CAMERA_ID.fullmatch(camera_id):

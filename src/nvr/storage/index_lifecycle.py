@@ -9,7 +9,8 @@ finished at the next start (its file is unlinked if still there) or by ``nvr che
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
@@ -36,6 +37,15 @@ def _hold_rows(rows: list[Any], cameras: list[Any]) -> list[HoldRow]:
         out.append(HoldRow(hid, case_ref, reason, start, end, until, created, by, released,
                            rel_by, export, cams))  # fmt: skip
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class IndexCounts:
+    """Row counts the metrics show: segments and export jobs by state, holds in force."""
+
+    segments: Mapping[str, int]
+    exports: Mapping[str, int]
+    holds_active: int
 
 
 class LifecycleQueries:
@@ -211,3 +221,29 @@ class LifecycleQueries:
         """Rows a crash left between the steps of a deletion."""
         sql = f"SELECT {SEGMENT_COLUMNS} FROM segment WHERE state = 'deleting' ORDER BY +id"
         return [segment_row(r) for r in await self._fetchall("deleting_segments", sql, ())]
+
+    # --- counts ---
+
+    async def counts(self) -> IndexCounts:
+        """Segments and exports by state, and holds in force. Closed segments are counted on
+        their partial index and the others on ``segment_unsettled``, so no query reads the
+        segment table itself."""
+        closed = await self._fetchall(
+            "counts", "SELECT count(*) FROM segment WHERE state = 'closed'", ()
+        )
+        unsettled = await self._fetchall(
+            "counts",
+            "SELECT state, count(*) FROM segment WHERE state <> 'closed' GROUP BY state",
+            (),
+        )
+        exports = await self._fetchall(
+            "counts", "SELECT state, count(*) FROM export_job GROUP BY state", ()
+        )
+        holds = await self._fetchall(
+            "counts",
+            "SELECT count(*) FROM hold WHERE released_90k IS NULL "
+            "AND (until_90k IS NULL OR until_90k > ?)",
+            (self._now_90k(),),
+        )
+        segments = {"closed": int(closed[0][0]), **{s: int(n) for s, n in unsettled}}
+        return IndexCounts(segments, {s: int(n) for s, n in exports}, int(holds[0][0]))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +159,12 @@ class Recorder:
         self.segments_closed = 0
         self.frames = 0
         self.bytes_closed = 0
+        self.runs_ended: Counter[RunEndReason] = Counter()  # for the metrics
+
+    @property
+    def writer_queue(self) -> tuple[int, int]:
+        """Commands waiting for the writer thread, and the frames its queue takes."""
+        return self._writer.depth, self._writer.capacity
 
     @property
     def recording(self) -> bool:
@@ -294,7 +300,7 @@ class Recorder:
                 if error is not None and str(error) not in (detail or ""):
                     detail = f"{detail}; {error}" if detail else str(error)
         finally:
-            await self._index.end_run(run.id, end_90k, reason, detail)
+            await self._end_run_row(run.id, end_90k, reason, detail)
         log.info(
             "camera=%s run %d ended: %s%s",
             self.camera_id,
@@ -403,11 +409,17 @@ class Recorder:
                 if isinstance(error, StorageFullError)
                 else RunEndReason.ERROR
             )
-            await self._index.end_run(run.id, end_90k, reason, str(error))
+            await self._end_run_row(run.id, end_90k, reason, str(error))
             raise error
-        await self._index.end_run(run.id, end_90k, RunEndReason.CLOCK_JUMP, str(split))
+        await self._end_run_row(run.id, end_90k, RunEndReason.CLOCK_JUMP, str(split))
         log.warning("camera=%s %s; starting a new run", self.camera_id, split)
         return False
+
+    async def _end_run_row(
+        self, run_id: int, end_90k: int, reason: RunEndReason, detail: str | None
+    ) -> None:
+        self.runs_ended[reason] += 1
+        await self._index.end_run(run_id, end_90k, reason, detail)
 
     async def _finish_segment(
         self, run: _Run, seg: _Segment, times: SegmentTimes

@@ -136,18 +136,25 @@ def refuse_foreign_root(root: Path, index_path: Path) -> None:
         )
 
 
+def read_storage_identity(root: Path) -> str | None:
+    """The identity the storage directory carries; None when its file is missing (blocking)."""
+    marker = root / IDENTITY_FILE
+    try:
+        return marker.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not ASCII text"
+        raise StorageError(f"{marker}: cannot read storage identity: {why}") from None
+
+
 def check_storage_identity(root: Path, identity: str, index_is_new: bool) -> None:
     """Tie the storage directory to its index, so a missing mount or swapped disk is refused.
 
     A new index writes the identity file; an existing one must find its own identity there.
     """
     marker = root / IDENTITY_FILE
-    try:
-        found = marker.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        found = None
-    except OSError as exc:
-        raise StorageError(f"{marker}: cannot read storage identity: {exc.strerror}") from None
+    found = read_storage_identity(root)
     if found == identity:
         return
     if found is None and index_is_new:

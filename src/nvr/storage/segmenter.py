@@ -21,7 +21,7 @@ import functools
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -75,18 +75,21 @@ def stagger_offset_90k(camera_id: str, segment_90k: int) -> int:
     return int.from_bytes(digest[:8], "big") % seconds * _RATE_90K % segment_90k
 
 
-def assign_staggers(camera_ids: Iterable[str], segment_90k: int) -> dict[str, int]:
+def assign_staggers(
+    camera_ids: Iterable[str], segment_90k: int, fixed: Mapping[str, int] | None = None
+) -> dict[str, int]:
     """Rotation-grid offsets for a site's cameras, no two in the same second while they fit.
 
     Each camera starts from its hashed second (``stagger_offset_90k``) and, in id order,
     moves to the next free second if that one is taken, so most cameras keep their second
     when others are added or removed. Only a site with more cameras than the segment has
-    seconds shares seconds.
+    seconds shares seconds. Cameras in ``fixed`` (already recording: a reload) keep their
+    offsets, and the others are placed around them.
     """
     seconds = max(1, segment_90k // _RATE_90K)
-    taken: set[int] = set()
-    out: dict[str, int] = {}
-    for cam in sorted(set(camera_ids)):
+    out: dict[str, int] = dict(fixed or {})
+    taken = {offset // _RATE_90K for offset in out.values()}
+    for cam in sorted(set(camera_ids) - out.keys()):
         second = stagger_offset_90k(cam, segment_90k) // _RATE_90K
         if len(taken) < seconds:
             while second in taken:

@@ -75,6 +75,16 @@ class SegmentWriter:
         self._thread = threading.Thread(target=self._main, name=f"writer-{name}", daemon=True)
         self._thread.start()
 
+    @property
+    def depth(self) -> int:
+        """Commands waiting for the thread (frames, opens and closes)."""
+        return self._queue.qsize()
+
+    @property
+    def capacity(self) -> int:
+        """Frames the queue takes before ``submit`` refuses."""
+        return self._maxsize
+
     def submit(self, cmd: WriteVideo | WriteAudio) -> bool:
         """Queue a frame; False when the queue is full (the disk is not keeping up)."""
         if self._queue.qsize() >= self._maxsize:
