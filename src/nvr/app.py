@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Collection, Iterable
@@ -182,9 +183,20 @@ class App:
         return OnvifSource(cam, self.clock, on_identity=store_identity)
 
     def status_line(self) -> str:
-        states = [s.state for s in self.supervisors]
-        streaming = sum(1 for s in states if s is CameraState.STREAMING)
-        return f"{streaming}/{len(states)} cameras streaming"
+        """For systemd's STATUS=: how many cameras record, which do not and why."""
+        statuses = self.statuses()
+        streaming = sum(1 for s in statuses if s.state is CameraState.STREAMING)
+        line = f"{streaming}/{len(statuses)} cameras streaming"
+        failing = [f"{s.id} ({s.last_error_kind or s.state.value})" for s in statuses
+                   if s.state not in (CameraState.STREAMING, CameraState.DISABLED)]  # fmt: skip
+        if failing:
+            shown = ", ".join(failing[:5]) + (
+                f" and {len(failing) - 5} more" if len(failing) > 5 else ""
+            )
+            line += f"; not recording: {shown}"
+        if self.retention is not None and not self.retention.gate.ok:
+            line += "; STORAGE FULL (only held footage left)"
+        return line
 
     async def stop(self) -> None:
         if self._retention_task is not None:
@@ -247,8 +259,11 @@ async def serve(cfg: Config, config_path: Path) -> int:
         nonlocal signals
         signals += 1
         if signals > 1:
-            log.warning("second %s: stopping immediately", signame)
-            raise SystemExit(1)
+            # At once, as promised: open segments stay open and the next start recovers them.
+            log.warning("second %s: exiting now; open segments are recovered at next start",
+                        signame)  # fmt: skip
+            logging.shutdown()
+            os._exit(1)
         log.info("%s: stopping (closing open segments)", signame)
         stop.set()
 
@@ -276,4 +291,6 @@ async def serve(cfg: Config, config_path: Path) -> int:
         hup.set()  # the reloader sees `stop` and returns, after a reload under way
         await reloader
         await app.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
     return 0
