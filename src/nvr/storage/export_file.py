@@ -9,6 +9,7 @@ clocks involved, and the SHA-256 of the clip itself.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import ctypes.util
 import hashlib
@@ -41,15 +42,23 @@ def write_clip_file(
     part = path.with_name(path.name + ".part")
     digest = hashlib.sha256()
     done = 0
+    # Hashing runs in a thread of its own, a chunk behind the writes (hashlib and file writes
+    # both release the GIL on large buffers), so the hash costs little extra wall time.
+    hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="export-sha256")
+    hashed: concurrent.futures.Future[None] | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with part.open("wb") as f:
             for data in clip.chunks(size=_WRITE_BYTES):
                 f.write(data)
-                digest.update(data)
+                if hashed is not None:
+                    hashed.result()
+                hashed = hasher.submit(digest.update, data)
                 done += len(data)
                 if on_progress is not None:
                     on_progress(done)
+            if hashed is not None:
+                hashed.result()
             f.flush()
             os.fsync(f.fileno())
         part.replace(path)
@@ -60,6 +69,8 @@ def write_clip_file(
     except BaseException:
         part.unlink(missing_ok=True)
         raise
+    finally:
+        hasher.shutdown(wait=True)
     return WrittenFile(done, digest.hexdigest())
 
 
