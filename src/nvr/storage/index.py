@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -36,26 +36,24 @@ from nvr.clock import Clock, SystemClock
 from nvr.errors import StorageError, StorageFullError
 from nvr.ingest.timeline import ns_to_90k
 from nvr.redact import redact_url
+from nvr.storage.dbutil import check_rel_path as _check_rel_path
+from nvr.storage.dbutil import scalar as _scalar
+from nvr.storage.dbutil import scrub as _scrub
 from nvr.storage.fragment_map import decode_fragments, encode_fragments
 from nvr.storage.fsync import fsync_dir
+from nvr.storage.index_access import AccessQueries
 from nvr.storage.index_lifecycle import LifecycleQueries
 from nvr.storage.index_rows import (
     CAMERA_COLUMNS,
-    EXPORT_COLUMNS,
     RUN_COLUMNS,
     SEGMENT_COLUMNS,
-    TOKEN_COLUMNS,
     CameraRow,
-    ExportRow,
     Gap,
     RunRow,
     SegmentRow,
-    TokenRow,
     derive_gaps,
-    export_row,
     run_row,
     segment_row,
-    token_row,
 )
 from nvr.storage.migrations import upgrade
 from nvr.storage.model import Fragment, RunEndReason, SegmentFile, SegmentState
@@ -74,8 +72,6 @@ _Db = aiosqlite.Connection
 _Params = Sequence[object] | Mapping[str, object]
 _BUSY_TIMEOUT_MS = 10_000
 _CAMERA_ID = re.compile(r"[a-z0-9-]+")
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/@:]*):[^\s/@]*@")
-_TOUCH_EVERY_90K = 60 * 90_000  # a token's last use is written at most this often
 
 
 # --- paths ----------------------------------------------------------------------------------
@@ -94,17 +90,6 @@ def segment_rel_path(camera_id: str, start_90k: int) -> str:
 def new_export_id() -> str:
     """A random export id: 16 lower-case hex digits."""
     return secrets.token_hex(8)
-
-
-def _check_rel_path(rel_path: str) -> None:
-    p = PurePosixPath(rel_path)
-    if not rel_path or p.is_absolute() or "\\" in rel_path or ".." in p.parts:
-        raise StorageError(f"segment path {rel_path!r} is not a plain path under the root")
-
-
-def _scrub(text: str) -> str:
-    """Blank out URL passwords that slipped into free text."""
-    return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 # --- schema ---------------------------------------------------------------------------------
@@ -126,7 +111,7 @@ def _schema_statements() -> Iterable[str]:
 # --- the index ------------------------------------------------------------------------------
 
 
-class Index(LifecycleQueries):
+class Index(LifecycleQueries, AccessQueries):
     """Async access to the index database. Create with ``await Index.open(path)``."""
 
     def __init__(self, db_path: Path, writer: _Db, reader: _Db, clock: Clock, uuid_: str) -> None:
@@ -589,157 +574,6 @@ class Index(LifecycleQueries):
                 found[path] = SegmentState(state)
         return found
 
-    # --- API tokens ---
-
-    async def add_token(self, name: str, role: str, token_sha256: str) -> TokenRow:
-        """Store a new token's hash under ``name``; a name already used (even by a revoked
-        token) is refused."""
-        created_90k = self._now_90k()
-
-        async def body(db: _Db) -> TokenRow:
-            if await _scalar(db, "SELECT 1 FROM api_token WHERE name = ?", (name,)):
-                raise StorageError(f"a token named {name!r} already exists")
-            cur = await db.execute(
-                "INSERT INTO api_token (name, role, token_sha256, created_90k) VALUES (?, ?, ?, ?)",
-                (name, role, token_sha256, created_90k),
-            )
-            assert cur.lastrowid is not None
-            return TokenRow(cur.lastrowid, name, role, created_90k, None, None)
-
-        return await self._write(f"add_token({name!r})", body)
-
-    async def token_by_hash(self, token_sha256: str) -> TokenRow | None:
-        """The valid (unrevoked) token with this hash, if any."""
-        sql = (
-            f"SELECT {TOKEN_COLUMNS} FROM api_token WHERE token_sha256 = ? AND revoked_90k IS NULL"
-        )
-        rows = await self._fetchall("token_by_hash", sql, (token_sha256,))
-        return token_row(rows[0]) if rows else None
-
-    async def tokens(self) -> list[TokenRow]:
-        """Every token, revoked ones included, by id."""
-        sql = f"SELECT {TOKEN_COLUMNS} FROM api_token ORDER BY id"
-        return [token_row(r) for r in await self._fetchall("tokens", sql, ())]
-
-    async def revoke_token(self, name: str) -> bool:
-        """Revoke the valid token named ``name``; False when there is none."""
-        now_90k = self._now_90k()
-
-        async def body(db: _Db) -> bool:
-            cur = await db.execute(
-                "UPDATE api_token SET revoked_90k = ? WHERE name = ? AND revoked_90k IS NULL",
-                (now_90k, name),
-            )
-            return cur.rowcount == 1
-
-        return await self._write(f"revoke_token({name!r})", body)
-
-    async def touch_token(self, token_id: int, now_90k: int) -> None:
-        """Record a use of the token, unless one was recorded less than a minute before."""
-
-        async def body(db: _Db) -> None:
-            await db.execute(
-                "UPDATE api_token SET last_used_90k = ? WHERE id = ? AND "
-                "(last_used_90k IS NULL OR last_used_90k <= ?)",
-                (now_90k, token_id, now_90k - _TOUCH_EVERY_90K),
-            )
-
-        await self._write(f"touch_token({token_id})", body)
-
-    # --- exports ---
-
-    async def create_export(
-        self,
-        export_id: str,
-        camera_id: str,
-        start_90k: int,
-        end_90k: int,
-        *,
-        reason: str,
-        requested_by: str,
-        token_name: str | None,
-        hold: bool,
-        file_name: str,
-    ) -> ExportRow:
-        """Record a new export in state ``queued``."""
-        _check_rel_path(file_name)
-        created_90k = self._now_90k()
-
-        async def body(db: _Db) -> ExportRow:
-            await db.execute(
-                "INSERT INTO export_job (id, camera_id, start_90k, end_90k, reason, "
-                "requested_by, token_name, hold, state, file_name, created_90k) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-                (export_id, camera_id, start_90k, end_90k, reason, requested_by, token_name,
-                 int(hold), file_name, created_90k),
-            )  # fmt: skip
-            row = await _fetch_export(db, export_id)
-            assert row is not None
-            return row
-
-        return await self._write(f"create_export({export_id}, camera {camera_id})", body)
-
-    async def export(self, export_id: str) -> ExportRow | None:
-        sql = f"SELECT {EXPORT_COLUMNS} FROM export_job WHERE id = ?"
-        rows = await self._fetchall(f"export({export_id})", sql, (export_id,))
-        return export_row(rows[0]) if rows else None
-
-    async def exports(self, limit: int = 100) -> list[ExportRow]:
-        """The ``limit`` most recent exports, newest first."""
-        sql = (
-            f"SELECT {EXPORT_COLUMNS} FROM export_job ORDER BY created_90k DESC, rowid DESC LIMIT ?"
-        )
-        return [export_row(r) for r in await self._fetchall("exports", sql, (limit,))]
-
-    async def unfinished_exports(self) -> list[ExportRow]:
-        """Exports queued or running (after a restart: the ones to run again), oldest first."""
-        sql = (
-            f"SELECT {EXPORT_COLUMNS} FROM export_job WHERE state IN ('queued', 'running') "
-            "ORDER BY created_90k, rowid"
-        )
-        return [export_row(r) for r in await self._fetchall("unfinished_exports", sql, ())]
-
-    async def export_started(self, export_id: str) -> None:
-        """Queued (or running again after a restart) to running, from now."""
-        await self._advance_export(
-            export_id, "export_started", "state = 'running', started_90k = :now", {}
-        )
-
-    async def export_done(self, export_id: str, size_bytes: int, sha256: str) -> None:
-        """The file is complete: record its size and hash."""
-        await self._advance_export(
-            export_id, "export_done",
-            "state = 'done', size_bytes = :size, sha256 = :sha, "
-            "started_90k = coalesce(started_90k, :now), finished_90k = :now",
-            {"size": size_bytes, "sha": sha256},
-        )  # fmt: skip
-
-    async def export_failed(self, export_id: str, error: str) -> None:
-        """The export failed; ``error`` is scrubbed of URL passwords."""
-        await self._advance_export(
-            export_id, "export_failed",
-            "state = 'failed', error = :error, finished_90k = :now",
-            {"error": _scrub(error)},
-        )  # fmt: skip
-
-    async def _advance_export(
-        self, export_id: str, what: str, assignments: str, params: dict[str, object]
-    ) -> None:
-        """Move an unfinished export on; one that is done or failed stays as it is."""
-        values = {**params, "now": self._now_90k(), "id": export_id}
-
-        async def body(db: _Db) -> None:
-            cur = await db.execute(
-                f"UPDATE export_job SET {assignments} "
-                "WHERE id = :id AND state IN ('queued', 'running')",
-                values,
-            )
-            if cur.rowcount != 1:
-                state = await _scalar(db, "SELECT state FROM export_job WHERE id = ?", (export_id,))
-                raise StorageError("no such export" if state is None else f"state is {state}")
-
-        await self._write(f"{what}({export_id})", body)
-
 
 def _settle(task: asyncio.Future[Any]) -> None:
     """Mark a write's exception as seen; the awaiting caller (if any) still gets it."""
@@ -752,17 +586,3 @@ def _translate(e: sqlite3.Error, context: str) -> StorageError:
     code = getattr(e, "sqlite_errorcode", None)
     full = code is not None and code & 0xFF == sqlite3.SQLITE_FULL
     return (StorageFullError if full else StorageError)(f"{context}: {e}")
-
-
-async def _scalar(db: _Db, sql: str, params: Sequence[object] = ()) -> Any:
-    async with db.execute(sql, params) as cur:
-        row = await cur.fetchone()
-    return None if row is None else row[0]
-
-
-async def _fetch_export(db: _Db, export_id: str) -> ExportRow | None:
-    async with db.execute(
-        f"SELECT {EXPORT_COLUMNS} FROM export_job WHERE id = ?", (export_id,)
-    ) as cur:
-        row = await cur.fetchone()
-    return None if row is None else export_row(row)
