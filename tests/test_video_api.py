@@ -144,7 +144,7 @@ async def test_a_gap_is_named_in_the_headers(api: Api) -> None:
 
 
 async def test_segments_are_leased_while_a_response_is_read(api: Api) -> None:
-    resp = await api.client.get("/api/v1/cameras/gate/video.mp4", params=api.params(10, 200),
+    resp = await api.client.get("/api/v1/cameras/gate/video.mp4", params=api.params(10, 320),
                                 headers=api.headers)  # fmt: skip
     assert resp.status == 200
     await resp.content.readexactly(64 * 1024)
