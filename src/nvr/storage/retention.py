@@ -221,21 +221,26 @@ class Retention:
     async def rules_pass(self) -> PassReport:
         report = PassReport("rules")
         now_90k = ns_to_90k(self.clock.wall_ns())
-        usage = await self.index.closed_bytes_by_camera()
         protected = await self._protected()
         for rule in self.rules:
             if rule.retain_days is None and rule.retain_bytes is None:
                 continue
+            usage = 0
+            if rule.retain_bytes is not None:
+                usage = await self.index.closed_bytes(rule.camera_id)
+            if rule.retain_days is not None:  # rows of lost files age out too
+                cutoff = now_90k - int(rule.retain_days * DAY_90K)
+                lost = await self.index.old_missing_segments(rule.camera_id, cutoff)
+                await self._delete([s for s in lost if (s.end_90k or s.start_90k) <= cutoff],
+                                   report)  # fmt: skip
             after: tuple[int, int] | None = None
             while True:
                 page = await self.index.oldest_segments(rule.camera_id, limit=_PAGE, after=after)
                 if not page:
                     break
-                doomed = over_rules(page, rule, usage.get(rule.camera_id, 0), now_90k, protected)
+                doomed = over_rules(page, rule, usage, now_90k, protected)
                 await self._delete(doomed, report)
-                usage[rule.camera_id] = usage.get(rule.camera_id, 0) - sum(
-                    s.size_bytes or 0 for s in doomed if s.state is SegmentState.CLOSED
-                )
+                usage -= sum(s.size_bytes or 0 for s in doomed)
                 if len(page) < _PAGE or len(doomed) < len(page):
                     break
                 after = (page[-1].start_90k, page[-1].id)
