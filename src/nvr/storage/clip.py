@@ -32,6 +32,7 @@ from nvr.storage.mp4_samples import Sample, Track, TrackFragment, parse_fragment
 from nvr.storage.mp4_write import Chunk, Edit, TrackLayout, clip_header
 from nvr.storage.mp4box import parse_box_header
 
+_SEAM_SLACK_90K = 900  # 10 ms: less than any frame, more than a seam's rounding
 _MOOF_READ_BYTES = 16 * 1024  # one read usually holds a whole moof (a few hundred bytes)
 
 
@@ -345,6 +346,9 @@ def _gaps(
     out = []
     for s, e in holes:
         why = next((g for g in known if g.start_90k < e and g.end_90k > s), None)
+        if why is None and e - s < _SEAM_SLACK_90K:
+            continue  # segments of one run that meet to within rounding: no gap
+
         reason, detail = (why.reason, why.detail) if why else ("not_recorded", None)
         out.append(ClipGap(s, e, reason, detail))
     return tuple(out)
