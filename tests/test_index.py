@@ -93,7 +93,7 @@ async def test_creates_schema_and_reopens_with_the_same_identity(db_path: Path) 
         assert meta == [(SCHEMA_VERSION, uuid_)]
         tables = conn.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'table'").fetchall()
     assert {name for name, _ in tables} == {
-        "meta", "camera", "run", "segment", "api_token", "export_job", "hold",
+        "meta", "camera", "run", "segment", "api_token", "export_job", "hold", "camera_usage",
         "hold_camera"}  # fmt: skip
     assert all(sql.rstrip().endswith(("strict", "without rowid")) for _, sql in tables)
     again = await Index.open(db_path)

@@ -83,7 +83,9 @@ async def test_a_v1_index_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None
         assert seg.state is SegmentState.CLOSED and seg.sha256 == SHA and run.id == seg.run_id
         assert await index.tokens() == []
         await index.add_token("ops", "operator", SHA)  # the new tables work
-    assert versions(old) == (SCHEMA_VERSION, SCHEMA_VERSION) == (3, 3)
+        # Version 4's per-camera totals start from the rows already there.
+        assert seg.size_bytes and await index.closed_bytes("gate") == seg.size_bytes
+    assert versions(old) == (SCHEMA_VERSION, SCHEMA_VERSION) == (4, 4)
     await (await Index.open(fresh)).close()
     assert definitions(old) == definitions(fresh)
     async with await Index.open(old) as again:  # a second open finds nothing to do

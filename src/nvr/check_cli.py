@@ -109,7 +109,7 @@ def _print_report(report: CheckReport) -> None:
         why = (f"; {_count(differ, 'file')} differ from what was recorded: never repaired, "
                "file and row are kept as found (evidence)")  # fmt: skip
     elif not report.repair:
-        why = "; --repair fixes rows with no file, files with no row and stuck deletions"
+        why = "; --repair fixes rows with no file, files with no row, stuck deletions and totals"
     remain = "remains" if report.unrepaired == 1 else "remain"
     print(f"FAILED: {_count(report.unrepaired, 'problem')} {remain}{why}")
 

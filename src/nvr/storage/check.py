@@ -10,7 +10,9 @@ Three passes, each streamed so memory stays flat on an index of millions of rows
 2. **Tree**: every file under a camera directory (a top-level directory named like a camera
    id, so never ``_exports`` or ``_quarantine``), a batch at a time, looked up in the index by
    path. An ``.mp4`` with no row, or any other file, is outside interference (I3).
-3. **Deletions**: rows in ``deleting`` at the start of the check and still at its end (at
+3. **Totals**: each camera's kept byte and segment totals (``camera_usage``, which its
+   ``retain_bytes`` rule reads) against its closed rows, in one snapshot.
+4. **Deletions**: rows in ``deleting`` at the start of the check and still at its end (at
    least ``deleting_grace_s`` later, so a running recorder's deletion in flight is not taken
    for one a crash interrupted) are stuck mid-delete (I4).
 
@@ -22,8 +24,9 @@ removed after it).
 
 Repair: a file with no row is moved, never deleted, to
 ``_quarantine/<YYYYMMDDTHHMMSSZ>/<its path>``; a row with no file is marked ``missing``; a
-stuck deletion is finished. A file that differs from its row is reported and left as it is,
-row and file both: it is not what was recorded, and that is evidence in itself.
+stuck deletion is finished; totals that differ are counted again from the rows. A file that
+differs from its row is reported and left as it is, row and file both: it is not what was
+recorded, and that is evidence in itself.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class ProblemKind(StrEnum):
     NO_ROW = "no_row"  # an .mp4 under a camera directory with no row (I3)
     STRAY_FILE = "stray_file"  # any other file under a camera directory (temporary, foreign)
     STUCK_DELETING = "stuck_deleting"  # a row left in 'deleting' (I4)
+    USAGE_DIFFERS = "usage_differs"  # a camera's kept totals are not the sum of its rows
     OPEN = "open"  # informational: being written, or left by a crash for recovery
 
 
@@ -74,6 +78,7 @@ LABELS: dict[ProblemKind, str] = {
     ProblemKind.NO_ROW: "file with no row",
     ProblemKind.STRAY_FILE: "stray file",
     ProblemKind.STUCK_DELETING: "stuck mid-delete",
+    ProblemKind.USAGE_DIFFERS: "totals differ",
     ProblemKind.OPEN: "open",
 }
 INFORMATIONAL = frozenset({ProblemKind.OPEN})  # reported, never counted as a problem
@@ -313,6 +318,7 @@ class _Check:
         deleting_before = {s.id for s in await self.index.deleting_segments()}
         await self.rows()
         await self.tree()
+        await self.usage()
         await self.deletions(deleting_before, started_ns)
         self.progress()
         return CheckReport(
@@ -416,7 +422,20 @@ class _Check:
                 detail += f"; {error}"
             self.add(Problem(kind, rel, detail, None, self.repair and error is None))
 
-    # --- pass 3: interrupted deletions ---
+    # --- pass 3: per-camera totals ---
+
+    async def usage(self) -> None:
+        wrong = await self.index.usage_mismatches()
+        if self.repair and wrong:
+            await self.index.recount_usage([w.camera_id for w in wrong])
+        for w in wrong:
+            detail = (f"kept {w.kept_bytes} bytes in {w.kept_segments} closed segments, the rows "
+                      f"hold {w.rows_bytes} bytes in {w.rows_segments}")  # fmt: skip
+            if self.repair:
+                detail += "; counted again from the rows"
+            self.add(Problem(ProblemKind.USAGE_DIFFERS, w.camera_id, detail, None, self.repair))
+
+    # --- pass 4: interrupted deletions ---
 
     async def deletions(self, before: set[int], started_ns: int) -> None:
         stuck = [s for s in await self.index.deleting_segments() if s.id in before]

@@ -58,7 +58,7 @@ from nvr.storage.index_rows import (
 from nvr.storage.migrations import upgrade
 from nvr.storage.model import Fragment, RunEndReason, SegmentFile, SegmentState
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MAX_SEGMENT_90K = 2 * 3600 * 90_000
 """Longest wall duration of one segment; schema.sql holds the same bound (648000000).

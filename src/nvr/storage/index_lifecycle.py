@@ -48,6 +48,17 @@ class IndexCounts:
     holds_active: int
 
 
+@dataclass(frozen=True, slots=True)
+class UsageMismatch:
+    """A camera whose kept totals (``camera_usage``) differ from its closed rows."""
+
+    camera_id: str
+    kept_bytes: int
+    kept_segments: int
+    rows_bytes: int
+    rows_segments: int
+
+
 class LifecycleQueries:
     if TYPE_CHECKING:
 
@@ -149,12 +160,46 @@ class LifecycleQueries:
     async def closed_bytes(self, camera_id: str) -> int:
         """Bytes of the camera's closed segments (what its ``retain_bytes`` rule measures).
 
-        Reads every closed row of the camera through its (camera, start) index: about a
-        second for a year of one camera; retention asks only for cameras with that rule.
-        """
-        sql = "SELECT sum(bytes) FROM segment WHERE camera_id = ? AND state = 'closed'"
+        One row of ``camera_usage``, which triggers keep equal to the sum over the camera's
+        closed segments: summing the rows themselves read 2.26 GB for a year of one camera."""
+        sql = "SELECT closed_bytes FROM camera_usage WHERE camera_id = ?"
         rows = await self._fetchall(f"closed_bytes({camera_id})", sql, (camera_id,))
-        return int(rows[0][0] or 0)
+        return int(rows[0][0]) if rows else 0
+
+    async def usage_mismatches(self) -> list[UsageMismatch]:
+        """Cameras whose ``camera_usage`` totals differ from their closed rows, in one read
+        (one snapshot, so a recorder writing meanwhile cannot make a false difference).
+
+        Reads every closed row: for ``nvr check``, never for a timer."""
+        sql = (
+            "WITH summed AS (SELECT camera_id, sum(bytes) AS b, count(*) AS n FROM segment "
+            "WHERE state = 'closed' GROUP BY camera_id) "
+            "SELECT c.id, coalesce(u.closed_bytes, 0), coalesce(u.closed_segments, 0), "
+            "coalesce(s.b, 0), coalesce(s.n, 0) FROM camera AS c "
+            "LEFT JOIN camera_usage AS u ON u.camera_id = c.id "
+            "LEFT JOIN summed AS s ON s.camera_id = c.id "
+            "WHERE coalesce(u.closed_bytes, 0) <> coalesce(s.b, 0) "
+            "OR coalesce(u.closed_segments, 0) <> coalesce(s.n, 0) ORDER BY c.id"
+        )
+        rows = await self._fetchall("usage_mismatches", sql, ())
+        return [UsageMismatch(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
+
+    async def recount_usage(self, camera_ids: Sequence[str]) -> None:
+        """Set the cameras' ``camera_usage`` totals from their closed rows (``nvr check
+        --repair``), in one write transaction."""
+        ids = list(camera_ids)
+
+        async def body(db: _Db) -> None:
+            for cam in ids:
+                await db.execute(
+                    "INSERT INTO camera_usage (camera_id, closed_bytes, closed_segments) "
+                    "SELECT ?, coalesce(sum(bytes), 0), count(*) FROM segment "
+                    "WHERE camera_id = ? AND state = 'closed' "
+                    "ON CONFLICT (camera_id) DO UPDATE SET "
+                    "closed_bytes = excluded.closed_bytes, "
+                    "closed_segments = excluded.closed_segments", (cam, cam))  # fmt: skip
+
+        await self._write(f"recount_usage({len(ids)} cameras)", body)
 
     async def oldest_segments(
         self, camera_id: str | None, *, limit: int, after: tuple[int, int] | None = None

@@ -96,7 +96,47 @@ _V2_TO_V3 = (
     "create index segment_closed_by_start on segment (start_90k) where state = 'closed'",
 )
 
-STEPS: Mapping[int, tuple[str, ...]] = MappingProxyType({1: _V1_TO_V2, 2: _V2_TO_V3})
+_V3_TO_V4 = (
+    # Per-camera totals of closed segments, kept by triggers (retain_bytes reads them).
+    """create table camera_usage (
+  camera_id text primary key references camera (id),
+  closed_bytes integer not null check (closed_bytes >= 0),
+  closed_segments integer not null check (closed_segments >= 0)
+) strict, without rowid""",
+    """create trigger segment_usage_insert after insert on segment when new.state = 'closed'
+begin
+  insert into camera_usage (camera_id, closed_bytes, closed_segments)
+  values (new.camera_id, new.bytes, 1)
+  on conflict (camera_id) do update set
+    closed_bytes = closed_bytes + excluded.closed_bytes,
+    closed_segments = closed_segments + 1;
+end""",
+    """create trigger segment_usage_update after update of state, bytes on segment
+when old.state = 'closed' or new.state = 'closed'
+begin
+  update camera_usage
+  set closed_bytes = closed_bytes - old.bytes, closed_segments = closed_segments - 1
+  where old.state = 'closed' and camera_id = old.camera_id;
+  insert into camera_usage (camera_id, closed_bytes, closed_segments)
+  select new.camera_id, new.bytes, 1 where new.state = 'closed'
+  on conflict (camera_id) do update set
+    closed_bytes = closed_bytes + excluded.closed_bytes,
+    closed_segments = closed_segments + 1;
+end""",
+    """create trigger segment_usage_delete after delete on segment when old.state = 'closed'
+begin
+  update camera_usage
+  set closed_bytes = closed_bytes - old.bytes, closed_segments = closed_segments - 1
+  where camera_id = old.camera_id;
+end""",
+    # The totals of the segments already there: one pass over the table, once.
+    """insert into camera_usage (camera_id, closed_bytes, closed_segments)
+select camera_id, sum(bytes), count(*) from segment where state = 'closed' group by camera_id""",
+)
+
+STEPS: Mapping[int, tuple[str, ...]] = MappingProxyType(
+    {1: _V1_TO_V2, 2: _V2_TO_V3, 3: _V3_TO_V4}
+)
 """From-version to the statements that take an index from it to the next version."""
 
 

@@ -18,7 +18,7 @@
 --
 -- The schema version is PRAGMA user_version (read before any table is touched) and is copied
 -- into meta.schema_version in the same transaction; the two must agree. This file is the
--- current version (2) for a new index; an older index is brought up to it by the steps in
+-- current version (4) for a new index; an older index is brought up to it by the steps in
 -- migrations.py, in the same transaction that checks the version.
 
 -- One row describing the index itself.
@@ -413,3 +413,47 @@ create index hold_active on hold (start_90k) where released_90k is null;
 
 -- Closed segments oldest first, per camera and across cameras, for retention.
 create index segment_closed_by_start on segment (start_90k) where state = 'closed';
+
+-- Each camera's closed segments in total (schema version 4): what a retain_bytes rule
+-- measures, kept up to date by the triggers below so nobody sums millions of rows for it.
+-- A camera with no closed segment may have no row (read it as zero). `nvr check` compares
+-- these totals with the rows.
+create table camera_usage (
+  -- The camera.
+  camera_id text primary key references camera (id),
+
+  -- Sum of `bytes` over the camera's segments in state 'closed'.
+  closed_bytes integer not null check (closed_bytes >= 0),
+
+  -- Number of the camera's segments in state 'closed'.
+  closed_segments integer not null check (closed_segments >= 0)
+) strict, without rowid;
+
+create trigger segment_usage_insert after insert on segment when new.state = 'closed'
+begin
+  insert into camera_usage (camera_id, closed_bytes, closed_segments)
+  values (new.camera_id, new.bytes, 1)
+  on conflict (camera_id) do update set
+    closed_bytes = closed_bytes + excluded.closed_bytes,
+    closed_segments = closed_segments + 1;
+end;
+
+create trigger segment_usage_update after update of state, bytes on segment
+when old.state = 'closed' or new.state = 'closed'
+begin
+  update camera_usage
+  set closed_bytes = closed_bytes - old.bytes, closed_segments = closed_segments - 1
+  where old.state = 'closed' and camera_id = old.camera_id;
+  insert into camera_usage (camera_id, closed_bytes, closed_segments)
+  select new.camera_id, new.bytes, 1 where new.state = 'closed'
+  on conflict (camera_id) do update set
+    closed_bytes = closed_bytes + excluded.closed_bytes,
+    closed_segments = closed_segments + 1;
+end;
+
+create trigger segment_usage_delete after delete on segment when old.state = 'closed'
+begin
+  update camera_usage
+  set closed_bytes = closed_bytes - old.bytes, closed_segments = closed_segments - 1
+  where camera_id = old.camera_id;
+end;
