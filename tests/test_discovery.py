@@ -194,6 +194,7 @@ async def test_cidr_sweep_finds_exactly_the_devices_present(
     elapsed_s = time.monotonic() - start_s
     assert sorted(m.endpoint_ref for m in found) == [_ref(n) for n in LOOPBACK_DEVICES]
     assert sorted(m.source or "" for m in found) == ["127.0.0.2", "127.0.0.3", "127.0.0.5"]
+    print(f"/29 sweep: {len(found)} devices of 3 in {elapsed_s:.2f} s (timeout 1 s)")
     assert 0.9 < elapsed_s < 1.8  # silent hosts .1 .4 .6 get their one timeout, in parallel
     assert all(r.answers_sent >= 1 for r in responders.values())
 

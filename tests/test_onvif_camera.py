@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -108,9 +109,12 @@ async def test_a_moved_device_is_found_again_and_recording_resumes(
         try:
             await poll("a closed segment at the first address", lambda: _closed_in_run(reader, 0))
             # The camera gets a new address; it announces itself there.
+            moved_at = time.monotonic()
             new_url = await device.restart()
             responder.xaddrs = (new_url,)  # its Hello-less announcement of the new address
             await poll("a closed segment after the move", lambda: _closed_in_run(reader, 1))
+            print(f"moved device: a closed segment at the new address "
+                  f"{time.monotonic() - moved_at:.2f} s after the move")
         finally:
             await app.stop()
     finally:
@@ -119,6 +123,7 @@ async def test_a_moved_device_is_found_again_and_recording_resumes(
     first, second = reader.runs("gate")[:2]
     assert first.end_reason == "error" and "moved" in (first.end_detail or "")
     assert first.end_90k is not None and second.start_90k >= first.end_90k
+    print(f"moved device: gap {(second.start_90k - first.end_90k) / 90_000:.2f} s")
 
 
 async def test_repeated_rtsp_failures_ask_the_device_again(

@@ -84,6 +84,9 @@ def check_segments(
     recorded_s = (runs[0].end_90k - runs[0].start_90k) / 90_000
     assert abs(file_seconds - recorded_s) <= 0.005 * recorded_s, (file_seconds, recorded_s)
     nominal_s = len(recorded) / 25
+    print(f"{cam}: {len(segments)} segments, {len(recorded)} frames; files {file_seconds:.3f} s, "
+          f"run {recorded_s:.3f} s ({(file_seconds / recorded_s - 1) * 100:+.3f} %), "
+          f"frames / 25 fps {nominal_s:.3f} s ({(recorded_s / nominal_s - 1) * 100:+.3f} %)")
     assert abs(recorded_s - nominal_s) <= 0.005 * nominal_s, (recorded_s, nominal_s)
     return segments
 
