@@ -53,14 +53,11 @@ import aiohttp
 import av
 import uvloop
 from aiohttp import web
+from procfs import nvr_src_first_on_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the fast recorder driver lives with the tests
-_pre = argparse.ArgumentParser(add_help=False)
-_pre.add_argument("--nvr-src", type=Path)
-NVR_SRC: Path | None = _pre.parse_known_args()[0].nvr_src
-if NVR_SRC is not None:  # before nvr is imported: measure that snapshot, not the working tree
-    sys.path.insert(0, str(NVR_SRC.resolve()))
+nvr_src_first_on_path()  # before nvr is imported: measure that snapshot, not the working tree
 import nvr  # noqa: E402
 from nvr.api.server import make_app  # noqa: E402
 from nvr.api.times import format_rfc3339  # noqa: E402

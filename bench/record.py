@@ -1,24 +1,47 @@
 """Recording benchmark: `nvr run` side by side with ffmpeg, recording the same cameras.
 
-    .venv/bin/python bench/record.py --counts 4,16 --seconds 60 --out bench-results.json
+    .venv/bin/python bench/record.py --out bench-results.json            # N = 1, 8, 32, 64
+    .venv/bin/python bench/record.py --quick --out bench-results.json    # N = 1, 4; 20 s
 
 One simulated camera (tools/fakecam.py, no auth) serves looped-file mounts (passthrough, no
-encoding). For each camera count N and each recorder:
+encoding). For each camera count N and each recorder, one after the other:
 
-- ours:   one `nvr run` process with N cameras (half /file/h264, half /file/h265, TCP, audio off,
-          60 s segments), stopped with SIGTERM after T seconds;
-- ffmpeg: N `ffmpeg -c copy -f segment` processes (fragmented MP4, 60 s segments), the same job
-          done by the usual tool, stopped with SIGTERM after T seconds.
+- ours:   one `nvr run` process with N cameras (--codec: all /file/h264, all /file/h265, or
+          alternating; TCP, audio off, 60 s segments, API on a free loopback port), stopped
+          with SIGTERM T seconds after launch;
+- ffmpeg: N `ffmpeg -rtsp_transport tcp -i URL -c copy -f segment -segment_time 60
+          -reset_timestamps 1` processes (fragmented MP4), the same job done by the usual
+          tool, stopped with SIGTERM T seconds after launch.
 
-Measured for the recorder's own processes only: CPU seconds (utime+stime of every thread, from
-/proc/PID/stat, sampled just before SIGTERM), CPU % of one core over the whole window and over
-the steady part (after every camera has a file), peak RSS (VmHWM) and PSS, bytes of MP4
-written, and `ffprobe -v error` on every file after the stop (a file that prints anything or
-fails is "bad"). The fakecam's CPU and the whole machine's busy share over the same window are
-recorded too, so a reader can see the load. Results: a Markdown table on stdout and JSON
-(--out).
+Measured for the recorder's own processes only (the fakecam's CPU is reported apart):
 
-Runs under the project's venv Python (stdlib only); the fakecam runs under /usr/bin/python3.
+- CPU: utime+stime of every thread, from /proc/PID/stat, read when every camera first has a
+  non-empty file ("ready") and again just before SIGTERM. The steady part is between the two:
+  steady CPU % (of one core) and CPU seconds per stream-hour = steady CPU s / (N x steady s /
+  3600). CPU over the whole window (start-up included) is in the JSON.
+- Memory: peak RSS (VmHWM) and PSS just before SIGTERM, summed over the processes. The RSS
+  target is 60 + 3 x N MiB (the issue's "MB", read as MiB).
+- Frames: the fakecam's per-mount `video_access_units` counter (buffers entering the video
+  payloader, every client's pipeline added up) is read before launch and just before SIGTERM;
+  "served" is the difference. "Written" is, for ours, the sum of `video_frames` of the
+  index's closed segments after the stop; for ffmpeg, the video packets ffprobe counts in its
+  files. lost = served - written. Frames in flight at the snapshot are written after it, so
+  lost can be a few frames below zero.
+- Event-loop lag (ours only): `GET /metrics` with a viewer token (made with `nvr token add`
+  before launch) every 5 s and once just before SIGTERM. From the last scrape: the p99 of
+  `nvr_event_loop_lag_seconds` as the upper bound of the histogram bucket where the
+  cumulative count reaches 99 % (since the process started), and the observation count; the
+  maximum of `nvr_event_loop_lag_max_seconds` over all scrapes. The scrapes cost our process a
+  little CPU, which is counted.
+- Files: `ffprobe -v error` on every file after the stop (a file that prints anything or
+  fails is "bad"), its duration and its video packets.
+
+A recorder that exits before T, or whose cameras are not all ready by T, stops the series for
+that recorder: larger N are not run, and the reason is in the JSON and under the tables.
+Results: Markdown tables on stdout and JSON (--out); --table-from reprints the tables of a
+results file (older files lack some columns: "–").
+
+Runs under the project's venv Python; the fakecam runs under /usr/bin/python3.
 """
 
 from __future__ import annotations
@@ -26,82 +49,74 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
-import platform
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the simulated camera's driver lives with the tests
-from support.fakecam import FakeCam  # noqa: E402
+from procfs import (
+    NVR_BIN,
+    REPO_ROOT,
+    cpu_s,
+    io_wchar,
+    machine_facts,
+    machine_ticks,
+    nvr_env,
+    pss_kib,
+    status_kib,
+    task_count,
+    task_cpu_s,
+)
+from prometheus_client.parser import text_string_to_metric_families
 
-NVR_BIN = REPO_ROOT / ".venv" / "bin" / "nvr"
-SYSTEM_PYTHON = "/usr/bin/python3"
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the simulated camera's driver lives with the tests
+from support.fakecam import FakeCam, MountStats
+
 LOOPBACK = "127.0.0.1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SEGMENT_SECONDS = 60
 MOUNTS = ("/file/h264", "/file/h265")
+SCRAPE_EVERY_S = 5.0
+SCRAPE_TIMEOUT_S = 3.0
+LAG_QUANTILE = 0.99
+COUNTS_FULL, SECONDS_FULL = "1,8,32,64", 60.0
+COUNTS_QUICK, SECONDS_QUICK = "1,4", 20.0
 
 Recorder = Literal["ours", "ffmpeg"]
+Codec = Literal["h264", "h265", "mixed"]
 
 
 class BenchError(RuntimeError):
     """The benchmark could not set up or run (not a measurement result)."""
 
 
-# --- /proc readers ------------------------------------------------------------------------
+class RecorderFailed(RuntimeError):
+    """The recorder under test exited before the end of its window."""
 
 
-def cpu_s(pid: int) -> float:
-    """utime + stime of the whole thread group, in seconds (/proc/PID/stat fields 14, 15)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def rss_target_mib(cameras: int) -> float:
+    """The issue's memory target for N cameras: 60 MB + 3 MB per camera (taken as MiB)."""
+    return 60.0 + 3.0 * cameras
 
 
-def task_count(pid: int) -> int:
-    return len(list(Path(f"/proc/{pid}/task").iterdir()))
+def camera_mounts(codec: Codec, cameras: int) -> list[str]:
+    """The mount each camera records: one codec for all, or alternating (mixed)."""
+    if codec == "mixed":
+        return [MOUNTS[i % 2] for i in range(cameras)]
+    return [f"/file/{codec}"] * cameras
 
 
-def status_kib(pid: int, key: str) -> int:
-    """A `kB` field of /proc/PID/status (VmHWM, VmRSS), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise BenchError(f"{key} missing from /proc/{pid}/status")
-
-
-def pss_kib(pid: int) -> int:
-    """Proportional set size now (shared pages split between their users), in KiB."""
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
-
-
-def io_wchar(pid: int) -> int:
-    """Bytes the process passed to write-like system calls (files and sockets)."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("wchar:"):
-            return int(line.split()[1])
-    return 0
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) clock ticks of all CPUs since boot, from the first line of /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # guest time is already inside user/nice
-    return total - idle, total
+# --- the recorder's processes -------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,19 +133,12 @@ def snapshot(pids: Sequence[int]) -> ProcSnapshot:
     """Summed over pids (each one a process with all its threads)."""
     return ProcSnapshot(
         cpu_s=sum(cpu_s(p) for p in pids),
-        main_thread_cpu_s=sum(_task_cpu_s(p, p) for p in pids),
+        main_thread_cpu_s=sum(task_cpu_s(p, p) for p in pids),
         threads=sum(task_count(p) for p in pids),
         hwm_kib=sum(status_kib(p, "VmHWM") for p in pids),
         pss_kib=sum(pss_kib(p) for p in pids),
         wchar=sum(io_wchar(p) for p in pids),
     )
-
-
-def _task_cpu_s(pid: int, tid: int) -> float:
-    """utime + stime of one thread (/proc/PID/task/TID/stat)."""
-    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 # --- the simulated camera -----------------------------------------------------------------
@@ -143,11 +151,112 @@ def wait_idle(cam: FakeCam, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
+def frames_served(before: Mapping[str, MountStats], after: Mapping[str, MountStats]) -> int:
+    """Video access units the camera fed its payloaders between two stats() reads, summed
+    over every mount (and so over every client)."""
+    return sum(
+        s.video_access_units - (before[m].video_access_units if m in before else 0)
+        for m, s in after.items()
+    )
+
+
 def _tail(path: Path, limit: int = 1500) -> str:
     try:
         return path.read_text(errors="replace")[-limit:]
     except OSError:
         return ""
+
+
+def _last_line(path: Path) -> str:
+    lines = _tail(path).strip().splitlines()
+    return lines[-1] if lines else "(empty log)"
+
+
+# --- our /metrics -------------------------------------------------------------------------
+
+
+def bucket_upper_bound(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
+    """The upper bound `le` of the first histogram bucket whose cumulative count reaches the
+    fraction q of all observations. None when there are none, or when that bucket is +Inf."""
+    ordered = sorted(buckets)
+    total = ordered[-1][1] if ordered else 0.0
+    if total <= 0:
+        return None
+    for le, cumulative in ordered:
+        if cumulative >= q * total:
+            return None if math.isinf(le) else le
+    return None
+
+
+@dataclass(slots=True)
+class LagScraper:
+    """Scrapes our /metrics and keeps what the event-loop lag report needs. Never raises: a
+    failed scrape is counted, and the first few messages are kept."""
+
+    url: str
+    token: str
+    t0: float  # launch, for the error messages
+    scrapes: int = 0  # successful ones
+    errors: int = 0
+    first_errors: list[str] = field(default_factory=list)
+    buckets: list[tuple[float, float]] = field(default_factory=list)  # (le s, cumulative)
+    observations: int | None = None  # of the last successful scrape
+    max_s: float | None = None  # of nvr_event_loop_lag_max_seconds, over every scrape
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        if len(self.first_errors) < 5:
+            self.first_errors.append(f"{time.monotonic() - self.t0:.1f} s: {message}")
+
+    def scrape(self) -> None:
+        request = urllib.request.Request(
+            self.url, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=SCRAPE_TIMEOUT_S) as response:
+                text = response.read().decode()
+            families = list(text_string_to_metric_families(text))
+        except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts; parse errors
+            self.error(f"{type(exc).__name__}: {exc}")
+            return
+        buckets: list[tuple[float, float]] = []
+        count: float | None = None
+        max_s: float | None = None
+        for family in families:
+            if family.name == "nvr_event_loop_lag_seconds":
+                for s in family.samples:
+                    if s.name.endswith("_bucket"):
+                        buckets.append((float(s.labels["le"]), s.value))
+                    elif s.name.endswith("_count"):
+                        count = s.value
+            elif family.name == "nvr_event_loop_lag_max_seconds" and family.samples:
+                max_s = family.samples[0].value
+        if not buckets or count is None or max_s is None:
+            self.error("no event-loop lag metrics in the scrape")
+            return
+        self.scrapes += 1
+        self.buckets, self.observations = buckets, int(count)
+        self.max_s = max_s if self.max_s is None else max(self.max_s, max_s)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago (bound to port 0, then closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def viewer_token(config: Path, env: dict[str, str]) -> str:
+    """A viewer token from `nvr token add --json` (which creates the index if need be)."""
+    cmd = [str(NVR_BIN), "token", "add", "--config", str(config), "--role", "viewer",
+           "--name", "bench", "--json"]  # fmt: skip
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60, env=env)
+    if res.returncode != 0:
+        raise BenchError(f"nvr token add: exit {res.returncode}: {res.stderr.strip()[-500:]}")
+    token = json.loads(res.stdout)["token"]
+    assert isinstance(token, str)
+    return token
 
 
 # --- results ------------------------------------------------------------------------------
@@ -158,6 +267,7 @@ class ProbeResult:
     files: int
     bad_files: int
     media_s: float  # sum of the files' format durations, as ffprobe reports them
+    video_packets: int  # sum of the files' video packets, as ffprobe counts them
     bytes: int
     complaints: list[str]  # the first few, "<file>: <first line>"
 
@@ -166,6 +276,7 @@ class ProbeResult:
 class RunResult:
     recorder: Recorder
     cameras: int
+    codec: Codec
     window_s: float  # launch to SIGTERM, measured
     ready_s: float | None  # launch until every camera had a non-empty file; None: never
     cameras_ready: int
@@ -174,10 +285,22 @@ class RunResult:
     main_thread_cpu_s: float  # of cpu_s, in the main threads (our asyncio loop); rest: others
     threads: int  # live threads just before SIGTERM, summed
     steady_cpu_pct: float | None  # of one core, from ready to SIGTERM
+    cpu_s_per_stream_hour: float | None  # steady CPU s / (cameras x steady hours)
     peak_rss_mib: float  # VmHWM, summed over the recorder's processes
+    rss_target_mib: float  # 60 + 3 x cameras
+    rss_within_target: bool  # peak_rss_mib <= rss_target_mib
     pss_mib: float  # Pss just before SIGTERM, summed
     wchar_mib: float  # bytes passed to write calls (files and sockets), summed
     written_mib: float  # MP4 bytes on disk after the stop
+    frames_served: int  # the camera's video access units, launch to the stop snapshot
+    frames_written: int | None  # ours: the index's closed segments; ffmpeg: ffprobe's count
+    frames_lost: int | None  # served - written
+    file_video_packets: int  # ffprobe's count over the files, for either recorder
+    lag_p99_le_ms: float | None  # ours: bucket bound of the p99 (None: no data, or over 10 s)
+    lag_observations: int | None  # ours: observations in the histogram
+    lag_max_ms: float | None  # ours: max of nvr_event_loop_lag_max_seconds over the scrapes
+    lag_scrapes: int  # successful /metrics scrapes
+    lag_scrape_errors: int
     files: int
     bad_files: int
     media_s: float
@@ -191,15 +314,27 @@ class RunResult:
     loadavg_1m_before: float
     log_warnings: int  # ours: WARNING/ERROR lines; ffmpeg: stderr lines
     complaints: list[str] = field(default_factory=list)
+    lag_scrape_first_errors: list[str] = field(default_factory=list)
     index: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class Stop:
+    """Why the series stopped for a recorder, and the counts not run because of it."""
+
+    recorder: Recorder
+    cameras: int
+    reason: str
+    not_run: list[int] = field(default_factory=list)
+
+
 def probe(files: Sequence[Path]) -> ProbeResult:
-    bad, media_s, total = 0, 0.0, 0
+    bad, media_s, packets, total = 0, 0.0, 0, 0
     complaints: list[str] = []
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets",
+           "-show_entries", "stream=nb_read_packets:format=duration", "-of", "json"]  # fmt: skip
     for f in files:
         total += f.stat().st_size
-        cmd = ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"]
         res = subprocess.run(
             [*cmd, str(f)], check=False, capture_output=True, text=True, timeout=120
         )
@@ -208,9 +343,11 @@ def probe(files: Sequence[Path]) -> ProbeResult:
             if len(complaints) < 5:
                 first = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[0]
                 complaints.append(f"{f.name}: {first}")
-        with contextlib.suppress(ValueError):
-            media_s += float(res.stdout.strip() or 0)
-    return ProbeResult(len(files), bad, media_s, total, complaints)
+        with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+            out = json.loads(res.stdout)
+            media_s += float(out.get("format", {}).get("duration", 0))
+            packets += int(out["streams"][0]["nb_read_packets"])
+    return ProbeResult(len(files), bad, media_s, packets, total, complaints)
 
 
 # --- one measured window ------------------------------------------------------------------
@@ -224,7 +361,8 @@ class Window:
     cameras_ready: int
     snap: ProcSnapshot  # the recorder's processes, just before SIGTERM
     window_s: float  # launch to SIGTERM
-    steady_cpu_pct: float | None  # recorder CPU from ready to SIGTERM, % of one core
+    steady_cpu_s: float | None  # recorder CPU from ready to SIGTERM
+    frames_served: int  # launch to the snapshot
     fakecam_cpu_pct: float
     machine_busy_pct: float
     exit_codes: list[int]
@@ -236,33 +374,53 @@ def run_window(
     ready_count: Callable[[], int],
     cameras: int,
     seconds: float,
-    fakecam_pid: int,
+    *,
+    cam: FakeCam,
+    scraper: LagScraper | None,
 ) -> Window:
-    """Launch -> (ready) -> `seconds` after launch: snapshot -> SIGTERM -> wait for exit."""
+    """Launch -> (ready) -> `seconds` after launch: scrape, read the camera's counters and the
+    processes' /proc -> SIGTERM -> wait for exit. RecorderFailed if a process exits early."""
+    served0 = cam.stats()
     machine0 = machine_ticks()
-    fake0 = cpu_s(fakecam_pid)
+    fake0 = cpu_s(cam.pid)
     t0 = time.monotonic()
     procs = launch()
     pids = [p.pid for p in procs]
     deadline = t0 + seconds
+    next_scrape = t0 + SCRAPE_EVERY_S
     ready_s: float | None = None
     ready_cpu = 0.0
     n_ready = 0
+    failed: str | None = None
     try:
         while time.monotonic() < deadline:
             if ready_s is None:
                 n_ready = ready_count()
                 if n_ready >= cameras:
                     ready_s = time.monotonic() - t0
-                    ready_cpu = snapshot(pids).cpu_s
+                    ready_cpu = sum(cpu_s(p) for p in pids)
             if any(p.poll() is not None for p in procs):
-                raise BenchError(f"a recorder exited early: {[p.returncode for p in procs]}")
+                failed = (
+                    f"exited {time.monotonic() - t0:.1f} s after launch (exit codes "
+                    f"{sorted({p.returncode for p in procs if p.returncode is not None})}), "
+                    f"{n_ready} of {cameras} cameras had a file"
+                )
+                break
+            if scraper is not None and time.monotonic() >= next_scrape:
+                scraper.scrape()
+                next_scrape += SCRAPE_EVERY_S
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-        snap = snapshot(pids)  # just before stopping: the processes are still alive
-        t_stop = time.monotonic()
-        fake1 = cpu_s(fakecam_pid)
-        machine1 = machine_ticks()
+        if failed is None:
+            if scraper is not None:
+                scraper.scrape()
+            # Just before stopping, the processes still alive: the camera's counters, then /proc.
+            served1 = cam.stats()
+            snap = snapshot(pids)
+            t_stop = time.monotonic()
+            fake1 = cpu_s(cam.pid)
+            machine1 = machine_ticks()
     finally:
+        t_term = time.monotonic()
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -273,21 +431,27 @@ def run_window(
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=10)
-    stop_s = time.monotonic() - t_stop
+    if failed is not None:
+        raise RecorderFailed(failed)
+    stop_s = time.monotonic() - t_term
     window_s = t_stop - t0
-    steady = (
-        (snap.cpu_s - ready_cpu) / (window_s - ready_s) * 100
-        if ready_s is not None and window_s > ready_s
-        else None
-    )
-    fake_pct = (fake1 - fake0) / window_s * 100
+    steady = snap.cpu_s - ready_cpu if ready_s is not None and window_s > ready_s else None
     busy = machine1[0] - machine0[0]
     total = machine1[1] - machine0[1]
-    machine_pct = busy / total * 100 if total else 0.0
     if ready_s is None:
         n_ready = ready_count()
-    codes = [p.returncode for p in procs]
-    return Window(ready_s, n_ready, snap, window_s, steady, fake_pct, machine_pct, codes, stop_s)
+    return Window(
+        ready_s=ready_s,
+        cameras_ready=n_ready,
+        snap=snap,
+        window_s=window_s,
+        steady_cpu_s=steady,
+        frames_served=frames_served(served0, served1),
+        fakecam_cpu_pct=(fake1 - fake0) / window_s * 100,
+        machine_busy_pct=busy / total * 100 if total else 0.0,
+        exit_codes=[p.returncode for p in procs],
+        stop_s=stop_s,
+    )
 
 
 def _nonempty_mp4_dirs(dirs: Sequence[Path]) -> int:
@@ -298,16 +462,31 @@ def _result(
     *,
     recorder: Recorder,
     cameras: int,
+    codec: Codec,
     w: Window,
     probed: ProbeResult,
+    frames_written: int | None,
+    scraper: LagScraper | None,
     loadavg: float,
     log_warnings: int,
     index: dict[str, object],
 ) -> RunResult:
     expected = cameras * w.window_s
+    steady_s = w.window_s - w.ready_s if w.ready_s is not None else 0.0
+    per_hour = (
+        w.steady_cpu_s / (cameras * steady_s / 3600)
+        if w.steady_cpu_s is not None and steady_s > 0
+        else None
+    )
+    peak_rss = round(w.snap.hwm_kib / 1024, 1)
+    lag_p99 = None
+    if scraper is not None and scraper.buckets:
+        le = bucket_upper_bound(scraper.buckets, LAG_QUANTILE)
+        lag_p99 = None if le is None else round(le * 1000, 3)
     return RunResult(
         recorder=recorder,
         cameras=cameras,
+        codec=codec,
         window_s=round(w.window_s, 2),
         ready_s=None if w.ready_s is None else round(w.ready_s, 2),
         cameras_ready=w.cameras_ready,
@@ -315,11 +494,27 @@ def _result(
         cpu_pct=round(w.snap.cpu_s / w.window_s * 100, 1),
         main_thread_cpu_s=round(w.snap.main_thread_cpu_s, 2),
         threads=w.snap.threads,
-        steady_cpu_pct=None if w.steady_cpu_pct is None else round(w.steady_cpu_pct, 1),
-        peak_rss_mib=round(w.snap.hwm_kib / 1024, 1),
+        steady_cpu_pct=(
+            None if w.steady_cpu_s is None else round(w.steady_cpu_s / steady_s * 100, 1)
+        ),
+        cpu_s_per_stream_hour=None if per_hour is None else round(per_hour, 1),
+        peak_rss_mib=peak_rss,
+        rss_target_mib=rss_target_mib(cameras),
+        rss_within_target=peak_rss <= rss_target_mib(cameras),
         pss_mib=round(w.snap.pss_kib / 1024, 1),
         wchar_mib=round(w.snap.wchar / 2**20, 1),
         written_mib=round(probed.bytes / 2**20, 1),
+        frames_served=w.frames_served,
+        frames_written=frames_written,
+        frames_lost=None if frames_written is None else w.frames_served - frames_written,
+        file_video_packets=probed.video_packets,
+        lag_p99_le_ms=lag_p99,
+        lag_observations=None if scraper is None else scraper.observations,
+        lag_max_ms=(
+            None if scraper is None or scraper.max_s is None else round(scraper.max_s * 1000, 1)
+        ),
+        lag_scrapes=0 if scraper is None else scraper.scrapes,
+        lag_scrape_errors=0 if scraper is None else scraper.errors,
         files=probed.files,
         bad_files=probed.bad_files,
         media_s=round(probed.media_s, 1),
@@ -331,6 +526,7 @@ def _result(
         loadavg_1m_before=loadavg,
         log_warnings=log_warnings,
         complaints=probed.complaints,
+        lag_scrape_first_errors=[] if scraper is None else scraper.first_errors,
         index=index,
     )
 
@@ -344,6 +540,7 @@ class Profile:
 def run_ours(
     cam: FakeCam,
     cameras: int,
+    codec: Codec,
     seconds: float,
     workdir: Path,
     *,
@@ -354,37 +551,40 @@ def run_ours(
     `nvr_src`: import the nvr package from this directory instead of the installed one."""
     root = workdir / "storage"
     ids = [f"cam-{i:02d}" for i in range(cameras)]
+    port = free_port()
     lines = [
         "[storage]",
         f'path = "{root}"',
         f"segment_seconds = {SEGMENT_SECONDS}",
         "",
         "[api]",
-        f'listen = "{LOOPBACK}:0"',
+        f'listen = "{LOOPBACK}:{port}"',
     ]
-    for i, cam_id in enumerate(ids):
+    for cam_id, mount in zip(ids, camera_mounts(codec, cameras), strict=True):
         lines += [
             "",
             "[[cameras]]",
             f'id = "{cam_id}"',
-            f'url = "{cam.url(MOUNTS[i % 2])}"',
+            f'url = "{cam.url(mount)}"',
             'transport = "tcp"',
             'audio = "off"',
         ]
     config = workdir / "nvr.toml"
     config.write_text("\n".join(lines) + "\n")
     log = workdir / "nvr.log"
+    env = nvr_env(nvr_src)
+    scraper = LagScraper(f"http://{LOOPBACK}:{port}/metrics", "", time.monotonic())
+    try:
+        scraper.token = viewer_token(config, env)
+    except (BenchError, OSError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
+        scraper.error(f"no token, no scrapes: {exc}")
 
     spies: list[subprocess.Popen[bytes]] = []
 
     def launch() -> list[subprocess.Popen[bytes]]:
+        scraper.t0 = time.monotonic()
         with log.open("wb") as err:
             cmd = [str(NVR_BIN), "run", "--config", str(config)]
-            env = dict(os.environ)
-            if nvr_src is not None:
-                env["PYTHONPATH"] = os.pathsep.join(
-                    p for p in (str(nvr_src), env.get("PYTHONPATH", "")) if p
-                )
             nvr = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env)
         if profile is not None:
             # --nonblocking: never pauses the process; the sampler's own CPU is its own.
@@ -401,37 +601,53 @@ def run_ours(
         return [nvr]
 
     loadavg = os.getloadavg()[0]
-    window = run_window(
-        launch, lambda: _nonempty_mp4_dirs([root / i for i in ids]), cameras, seconds, cam.pid
-    )
-    for spy in spies:
-        spy.wait(timeout=30)
+    try:
+        window = run_window(
+            launch, lambda: _nonempty_mp4_dirs([root / i for i in ids]), cameras, seconds,
+            cam=cam, scraper=scraper if scraper.token else None,
+        )  # fmt: skip
+    except RecorderFailed as exc:
+        raise RecorderFailed(f"{exc}; last log line: {_last_line(log)}") from None
+    finally:
+        for spy in spies:
+            spy.wait(timeout=30)
     probed = probe(sorted(root.rglob("*.mp4")))
     text = _tail(log, 10**7)
     warnings = sum(1 for ln in text.splitlines() if " WARNING " in ln or " ERROR " in ln)
+    index, written = read_index(root)
     return _result(
-        recorder="ours", cameras=cameras, w=window, probed=probed, loadavg=loadavg,
-        log_warnings=warnings, index=index_summary(root),
+        recorder="ours", cameras=cameras, codec=codec, w=window, probed=probed,
+        frames_written=written, scraper=scraper, loadavg=loadavg, log_warnings=warnings,
+        index=index,
     )  # fmt: skip
 
 
-def index_summary(root: Path) -> dict[str, object]:
-    """Runs by end reason and segments by state, from the index (read-only)."""
+def read_index(root: Path) -> tuple[dict[str, object], int | None]:
+    """Runs by end reason and segments by state, and the video frames of the closed segments,
+    from the index (opened read-only). None for the frames when there is no index."""
     db = root / "index.db"
     if not db.exists():
-        return {}
+        return {}, None
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         runs = dict(con.execute("select end_reason, count(*) from run group by 1").fetchall())
         segs = dict(con.execute("select state, count(*) from segment group by 1").fetchall())
+        (frames,) = con.execute(
+            "select coalesce(sum(video_frames), 0) from segment where state = 'closed'"
+        ).fetchone()
     finally:
         con.close()
-    return {"runs_by_end_reason": {str(k): v for k, v in runs.items()}, "segments": segs}
+    summary: dict[str, object] = {
+        "runs_by_end_reason": {str(k): v for k, v in runs.items()},
+        "segments": segs,
+    }
+    return summary, int(frames)
 
 
 def run_ffmpeg(
     cam: FakeCam,
     cameras: int,
+    codec: Codec,
     seconds: float,
     workdir: Path,
     *,
@@ -443,13 +659,14 @@ def run_ffmpeg(
     logs = [workdir / f"cam-{i:02d}.log" for i in range(cameras)]
     for d in outs:
         d.mkdir(parents=True)
+    mounts = camera_mounts(codec, cameras)
+    procs: list[subprocess.Popen[bytes]] = []
 
     def launch() -> list[subprocess.Popen[bytes]]:
-        procs = []
-        for i, (out, log) in enumerate(zip(outs, logs, strict=True)):
+        for out, log, mount in zip(outs, logs, mounts, strict=True):
             cmd = [
                 "ffmpeg", "-nostdin", "-loglevel", "error", "-rtsp_transport", "tcp",
-                "-i", cam.url(MOUNTS[i % 2]), "-c", "copy",
+                "-i", cam.url(mount), "-c", "copy",
                 "-f", "segment", "-segment_time", str(SEGMENT_SECONDS), "-reset_timestamps", "1",
                 "-segment_format", "mp4",
                 "-movflags", "+frag_keyframe+empty_moov+default_base_moof",
@@ -462,80 +679,157 @@ def run_ffmpeg(
         return procs
 
     loadavg = os.getloadavg()[0]
-    window = run_window(launch, lambda: _nonempty_mp4_dirs(outs), cameras, seconds, cam.pid)
+    try:
+        window = run_window(
+            launch, lambda: _nonempty_mp4_dirs(outs), cameras, seconds, cam=cam, scraper=None
+        )
+    except RecorderFailed as exc:
+        first = next((i for i, p in enumerate(procs) if p.returncode not in (None, 255)), 0)
+        raise RecorderFailed(f"{exc}; cam-{first:02d}: {_last_line(logs[first])}") from None
     probed = probe(sorted(f for d in outs for f in d.glob("*.mp4")))
     warnings = sum(len(_tail(p, 10**7).splitlines()) for p in logs)
     return _result(
-        recorder="ffmpeg", cameras=cameras, w=window, probed=probed, loadavg=loadavg,
+        recorder="ffmpeg", cameras=cameras, codec=codec, w=window, probed=probed,
+        frames_written=probed.video_packets, scraper=None, loadavg=loadavg,
         log_warnings=warnings, index={},
     )  # fmt: skip
 
 
 # --- report -------------------------------------------------------------------------------
 
-
-def machine_facts() -> dict[str, object]:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "")
-    mem_kib = status_like(Path("/proc/meminfo"), "MemTotal")
-
-    def version(cmd: list[str]) -> str:
-        try:
-            res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
-            out = res.stdout
-        except OSError:
-            return "not found"
-        return out.strip().splitlines()[0] if out.strip() else ""
-
-    venv_python = str(REPO_ROOT / ".venv" / "bin" / "python")
-    git = ["git", "-C", str(REPO_ROOT)]
-    return {
-        "git_head": version([*git, "rev-parse", "HEAD"]),
-        "src_modified_files": version([*git, "status", "--porcelain", "--", "src"]) != "",
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "mem_total_gib": round(mem_kib / 2**20, 1),
-        "kernel": platform.release(),
-        "python": version([venv_python, "-c", "import sys; print(sys.version.split()[0])"]),
-        "pyav": version([venv_python, "-c", "import av; print(av.__version__)"]),
-        "nvr": version([str(NVR_BIN), "--version"]),
-        "ffmpeg": version(["ffmpeg", "-version"]),
-        "gstreamer": version([SYSTEM_PYTHON, "-c",
-                              "import gi; gi.require_version('Gst', '1.0');"
-                              "from gi.repository import Gst; Gst.init(None);"
-                              "print(Gst.version_string())"]),
-    }  # fmt: skip
+Row = Mapping[str, object]
 
 
-def status_like(path: Path, key: str) -> int:
-    for line in path.read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
+def _num(r: Row, key: str, fmt: str) -> str:
+    """r[key] formatted, or "–" when the field is missing (an older results file) or None."""
+    v = r.get(key)
+    if v is None or isinstance(v, bool) or not isinstance(v, int | float):
+        return "–"
+    return format(v, fmt)
 
 
-def markdown_table(results: Sequence[RunResult]) -> str:
+def _rss_target(r: Row) -> str:
+    target, ok = r.get("rss_target_mib"), r.get("rss_within_target")
+    if not isinstance(target, int | float) or not isinstance(ok, bool):
+        return "–"
+    return f"≤ {target:g}: {'ok' if ok else 'over'}"
+
+
+def _lag(r: Row) -> str:
+    obs = r.get("lag_observations")
+    if not isinstance(obs, int) or obs == 0:
+        return "–"
+    p99 = r.get("lag_p99_le_ms")
+    head = f"≤ {p99:g}" if isinstance(p99, int | float) else "> 10000"
+    return f"{head} ({_num(r, 'lag_max_ms', '.1f')})"
+
+
+def _ready(r: Row) -> str:
+    ready = r.get("ready_s")
+    if isinstance(ready, int | float):
+        return f"{ready:.1f}"
+    return f"never ({r.get('cameras_ready', '?')}/{r.get('cameras', '?')})"
+
+
+def markdown_table(results: Sequence[Row]) -> str:
     head = (
-        "| N | recorder | CPU s | CPU % (1 core) | steady CPU % | peak RSS MiB | PSS MiB "
-        "| MP4 MiB | files (bad) | media s (of N×T) | ready s | fakecam CPU % |"
+        "| N | recorder | CPU s / stream-h | steady CPU % | peak RSS MiB | RSS target MiB "
+        "| PSS MiB | frames served / written | frames lost | loop lag p99 (max) ms "
+        "| files (bad) | media s (of N×T) | ready s | fakecam CPU % |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
-        steady = "n/a" if r.steady_cpu_pct is None else f"{r.steady_cpu_pct:.1f}"
-        ready = "never" if r.ready_s is None else f"{r.ready_s:.1f}"
         rows.append(
-            f"| {r.cameras} | {r.recorder} | {r.cpu_s:.1f} | {r.cpu_pct:.1f} | {steady} "
-            f"| {r.peak_rss_mib:.0f} | {r.pss_mib:.0f} | {r.written_mib:.1f} "
-            f"| {r.files} ({r.bad_files}) | {r.media_s:.0f} / {r.expected_media_s:.0f} "
-            f"| {ready} | {r.fakecam_cpu_pct:.1f} |"
+            f"| {r['cameras']} | {r['recorder']} | {_num(r, 'cpu_s_per_stream_hour', '.0f')} "
+            f"| {_num(r, 'steady_cpu_pct', '.1f')} | {_num(r, 'peak_rss_mib', '.0f')} "
+            f"| {_rss_target(r)} | {_num(r, 'pss_mib', '.0f')} "
+            f"| {_num(r, 'frames_served', 'd')} / {_num(r, 'frames_written', 'd')} "
+            f"| {_num(r, 'frames_lost', 'd')} | {_lag(r)} "
+            f"| {_num(r, 'files', 'd')} ({_num(r, 'bad_files', 'd')}) "
+            f"| {_num(r, 'media_s', '.0f')} / {_num(r, 'expected_media_s', '.0f')} "
+            f"| {_ready(r)} | {_num(r, 'fakecam_cpu_pct', '.1f')} |"
         )
     return "\n".join(rows)
 
 
+RATIO_COLUMNS = (
+    ("CPU s / stream-h", "cpu_s_per_stream_hour"),
+    ("steady CPU %", "steady_cpu_pct"),
+    ("peak RSS", "peak_rss_mib"),
+    ("PSS", "pss_mib"),
+)
+
+
+def ratio_table(results: Sequence[Row]) -> str:
+    """ours / ffmpeg per N, for every N where both recorders have a row."""
+    by_n: dict[int, dict[str, Row]] = {}
+    for r in results:
+        n, rec = r.get("cameras"), r.get("recorder")
+        if isinstance(n, int) and isinstance(rec, str):
+            by_n.setdefault(n, {})[rec] = r
+    head = "| N | " + " | ".join(f"{name} ours/ffmpeg" for name, _ in RATIO_COLUMNS) + " |"
+    rows = [head, "|" + "---|" * (len(RATIO_COLUMNS) + 1)]
+    for n in sorted(by_n):
+        ours, ffmpeg = by_n[n].get("ours"), by_n[n].get("ffmpeg")
+        if ours is None or ffmpeg is None:
+            continue
+        cells = []
+        for _, key in RATIO_COLUMNS:
+            a, b = ours.get(key), ffmpeg.get(key)
+            if isinstance(a, int | float) and isinstance(b, int | float) and b > 0:
+                cells.append(f"{a / b:.2f}")
+            else:
+                cells.append("–")
+        rows.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def report_text(report: Mapping[str, object]) -> str:
+    """The tables of a results file, and where each recorder's series stopped."""
+    results = report.get("results")
+    rows: list[Row] = (
+        [r for r in results if isinstance(r, dict)] if isinstance(results, list) else []
+    )
+    parts = []
+    if "source" in report:
+        codec = f"; --codec {report['codec']}" if "codec" in report else ""
+        parts += [f"Source: {report['source']}{codec}.", ""]
+    parts += [markdown_table(rows), "", ratio_table(rows)]
+    stopped = report.get("stopped")
+    if isinstance(stopped, list) and stopped:
+        parts.append("")
+        for s in stopped:
+            if not isinstance(s, dict):
+                continue
+            not_run = s.get("not_run") or []
+            skipped = f" (not run: N={','.join(map(str, not_run))})" if not_run else ""
+            parts.append(f"- {s['recorder']}: stopped at N={s['cameras']}: {s['reason']}{skipped}")
+    return "\n".join(parts)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--counts", default="4,16", help="camera counts, comma-separated")
-    p.add_argument("--seconds", type=float, default=60.0, help="recording window T per run")
+    p.add_argument(
+        "--counts", default=None, help=f"camera counts, comma-separated (default {COUNTS_FULL})"
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help=f"recording window T per run (default {SECONDS_FULL:g})",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"for small machines: counts {COUNTS_QUICK}, {SECONDS_QUICK:g} s "
+        "(--counts and --seconds still win)",
+    )
+    p.add_argument(
+        "--codec",
+        choices=["h264", "h265", "mixed"],
+        default="mixed",
+        help="the mount every camera records; mixed: /file/h264 and /file/h265 alternately",
+    )
     p.add_argument("--recorders", default="ours,ffmpeg", help="comma-separated: ours,ffmpeg")
     p.add_argument("--out", type=Path, help="JSON results file (required unless --table-from)")
     p.add_argument(
@@ -545,7 +839,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run ours with this directory first on PYTHONPATH (a snapshot of src/, e.g. "
         "from `git archive`), so edits in the working tree during a run do not leak in",
     )
-    p.add_argument("--table-from", type=Path, help="only print the table of a results file")
+    p.add_argument("--table-from", type=Path, help="only print the tables of a results file")
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--fps", type=int, default=25)
@@ -573,12 +867,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.table_from is not None:
-        saved = json.loads(args.table_from.read_text())["results"]
-        print(markdown_table([RunResult(**r) for r in saved]))
+        print(report_text(json.loads(args.table_from.read_text())))
         return 0
     if args.out is None:
         raise SystemExit("--out is required")
-    counts = [int(c) for c in args.counts.split(",") if c.strip()]
+    counts_arg = args.counts or (COUNTS_QUICK if args.quick else COUNTS_FULL)
+    counts = [int(c) for c in counts_arg.split(",") if c.strip()]
+    seconds = args.seconds or (SECONDS_QUICK if args.quick else SECONDS_FULL)
+    codec: Codec = args.codec
     recorders: list[Recorder] = []
     for name in args.recorders.split(","):
         if name not in ("ours", "ffmpeg"):
@@ -596,23 +892,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(facts), file=sys.stderr)
     cam = FakeCam()
     results: list[RunResult] = []
+    stopped: dict[Recorder, Stop] = {}
     try:
         cam.start("none", media_dir=media_dir, width=args.width, height=args.height,
-                  fps=args.fps, timeout_s=300)
+                  fps=args.fps, timeout_s=300)  # fmt: skip
         for n in counts:
             for rec in recorders:
+                stop = stopped.get(rec)
+                if stop is not None and n > stop.cameras:
+                    stop.not_run.append(n)
+                    print(f"bench: {rec} x {n} not run: stopped at N={stop.cameras}",
+                          file=sys.stderr)  # fmt: skip
+                    continue
                 wait_idle(cam, 30)
                 workdir = base / f"{rec}-{n}"
                 workdir.mkdir()
-                print(f"bench: {rec} x {n} for {args.seconds:g} s ...", file=sys.stderr)
+                print(f"bench: {rec} x {n} for {seconds:g} s ...", file=sys.stderr)
                 run = run_ours if rec == "ours" else run_ffmpeg
                 profile = None
                 if args.py_spy is not None:
                     out = args.out.with_name(f"{args.out.stem}.py-spy-{rec}-{n}.txt")
                     profile = Profile(args.py_spy, out)
-                r = run(cam, n, args.seconds, workdir, profile=profile, nvr_src=args.nvr_src)
-                results.append(r)
-                print(f"bench: {json.dumps(asdict(r))}", file=sys.stderr)
+                try:
+                    r = run(cam, n, codec, seconds, workdir, profile=profile,
+                            nvr_src=args.nvr_src)  # fmt: skip
+                except RecorderFailed as exc:
+                    stopped[rec] = Stop(rec, n, f"a recorder {exc}")
+                    print(f"bench: {rec} x {n} failed: {exc}", file=sys.stderr)
+                else:
+                    results.append(r)
+                    print(f"bench: {json.dumps(asdict(r))}", file=sys.stderr)
+                    if r.ready_s is None:
+                        stopped[rec] = Stop(
+                            rec, n, f"only {r.cameras_ready} of {n} cameras had a non-empty "
+                            f"file within {seconds:g} s",
+                        )  # fmt: skip
                 if not keep:
                     shutil.rmtree(workdir)
     finally:
@@ -621,13 +935,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(base, ignore_errors=True)
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "seconds": args.seconds,
-        "source": f"{args.width}x{args.height}@{args.fps} looped files {', '.join(MOUNTS)}",
+        "seconds": seconds,
+        "counts": counts,
+        "quick": args.quick,
+        "codec": codec,
+        "source": f"{args.width}x{args.height}@{args.fps} looped files "
+        f"{', '.join(sorted(set(camera_mounts(codec, 2))))}",
         "machine": facts,
         "results": [asdict(r) for r in results],
+        "stopped": [asdict(s) for s in stopped.values()],
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(markdown_table(results))
+    print(report_text(report))
     return 0
 
 

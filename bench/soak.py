@@ -22,7 +22,8 @@ end: SIGTERM, then
 
 Results: a Markdown report on stdout and JSON (--out). Progress goes to stderr, one line per
 sample. Runs under the project's venv Python (stdlib only); the fakecam runs under
-/usr/bin/python3. Shares its /proc readers and machine facts with bench/record.py.
+/usr/bin/python3. The /proc readers and machine facts are bench/procfs.py's; the camera set-up
+is bench/record.py's.
 """
 
 from __future__ import annotations
@@ -44,17 +45,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from record import (
-    LOOPBACK,
-    MOUNTS,
+from procfs import (
     NVR_BIN,
     REPO_ROOT,
     cpu_s,
+    fd_count,
     machine_facts,
+    nvr_env,
     status_kib,
     task_count,
-    wait_idle,
 )
+from record import LOOPBACK, MOUNTS, wait_idle
 
 from support.fakecam import FakeCam  # importable once record has put tests/ on sys.path
 
@@ -79,10 +80,6 @@ class Sample:
     cpu_s: float  # utime + stime, every thread
     fakecam_cpu_s: float
     clients: int  # client sessions the camera holds (-1: the control API did not answer)
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def take_sample(t0: float, pid: int, cam: FakeCam) -> Sample:
@@ -416,11 +413,7 @@ def soak(args: argparse.Namespace, cam: FakeCam, workdir: Path) -> dict[str, obj
     config = workdir / "nvr.toml"
     mounts = write_config(cam, args.cameras, root, config)
     nvr_log = workdir / "nvr.log"
-    env = dict(os.environ)
-    if args.nvr_src is not None:
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(args.nvr_src), env.get("PYTHONPATH", "")) if p
-        )
+    env = nvr_env(args.nvr_src)
     total_s = args.minutes * 60.0
     samples: list[Sample] = []
     drops: list[Drop] = []
