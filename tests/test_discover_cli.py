@@ -51,6 +51,14 @@ async def nvr(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+JSON_KEYS = {"url", "sources", "scopes_name", "clock_offset_ns", "readout", "error"}
+READOUT_KEYS = {"url", "identity", "clock", "media2", "profiles"}
+IDENTITY_KEYS = {"manufacturer", "model", "firmware", "serial", "hardware_id", "mac"}
+CLOCK_KEYS = {"device_utc_ns", "offset_ns", "round_trip_ns"}
+PROFILE_KEYS = {"token", "name", "codec", "width", "height", "fps", "bitrate_kbps", "stream_uri",
+                "snapshot_uri", "via_media2"}  # fmt: skip
+
+
 async def test_discover_reads_out_what_answers(
     device: tuple[OnvifTestDevice, int], tmp_path: Path
 ) -> None:
@@ -72,6 +80,15 @@ async def test_discover_reads_out_what_answers(
     assert found["readout"]["identity"]["serial"] == "SN-DISCOVER-1"
     assert found["scopes_name"] == "Market gate"
     assert PASSWORD not in out
+    # The keys scripts rely on, at every level (docs/onvif.md): a rename must fail here.
+    assert set(found) == JSON_KEYS
+    readout = found["readout"]
+    assert set(readout) == READOUT_KEYS
+    assert set(readout["identity"]) == IDENTITY_KEYS
+    assert set(readout["clock"]) == CLOCK_KEYS
+    assert readout["profiles"] and all(set(p) == PROFILE_KEYS for p in readout["profiles"])
+    assert isinstance(found["clock_offset_ns"], int) and found["error"] is None
+    assert found["sources"] == [HOST] and readout["url"] == dev.url
 
     code, out, _ = await nvr(*common, "--write-config")
     assert code == 0 and PASSWORD not in out

@@ -8,7 +8,7 @@ import json
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from nvr.clock import SystemClock
@@ -17,6 +17,7 @@ from nvr.ingest.discovery import probe
 from nvr.ingest.onvif import DeviceReadout, read_clock, read_device
 from nvr.ingest.source import device_service_url
 from nvr.ingest.wsdiscovery import ProbeMatch
+from nvr.redact import redact_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,45 @@ def _config_entries(found: list[Found], user: str | None) -> str:
     return "\n".join(out)
 
 
+def found_json(f: Found) -> dict[str, object]:
+    """One device of ``nvr discover --json``, key by key: scripts depend on these names
+    (docs/onvif.md), so they are spelled out here rather than derived from the dataclasses."""
+    readout: dict[str, object] | None = None
+    if f.readout is not None:
+        r, i, c = f.readout, f.readout.identity, f.readout.clock
+        readout = {
+            "url": r.url,
+            "identity": {
+                "manufacturer": i.manufacturer, "model": i.model, "firmware": i.firmware,
+                "serial": i.serial, "hardware_id": i.hardware_id, "mac": i.mac,
+            },
+            "clock": None if c is None else {
+                "device_utc_ns": c.device_utc_ns, "offset_ns": c.offset_ns,
+                "round_trip_ns": c.round_trip_ns,
+            },
+            "media2": r.media2,
+            "profiles": [
+                {
+                    "token": p.token, "name": p.name, "codec": p.codec, "width": p.width,
+                    "height": p.height, "fps": p.fps, "bitrate_kbps": p.bitrate_kbps,
+                    "stream_uri": None if p.stream_uri is None else redact_url(p.stream_uri),
+                    "snapshot_uri": None if p.snapshot_uri is None
+                    else redact_url(p.snapshot_uri),
+                    "via_media2": p.via_media2,
+                }
+                for p in r.profiles
+            ],
+        }  # fmt: skip
+    return {
+        "url": f.url,
+        "sources": list(f.sources),
+        "scopes_name": f.scopes_name,
+        "clock_offset_ns": f.clock_offset_ns,
+        "readout": readout,
+        "error": f.error,
+    }
+
+
 def _human(found: list[Found]) -> str:
     if not found:
         return "no ONVIF devices answered"
@@ -127,7 +167,8 @@ def _human(found: list[Found]) -> str:
             for p in f.readout.profiles:
                 size = f"{p.width}x{p.height}" if p.width else "?"
                 lines.append(f"  profile {p.token:<16} {p.codec:<5} {size:>9} "
-                             f"{p.fps or '?'} fps {p.bitrate_kbps or '?'} kb/s  {p.stream_uri}")
+                             f"{p.fps or '?'} fps {p.bitrate_kbps or '?'} kb/s  "
+                             f"{redact_url(p.stream_uri) if p.stream_uri else '?'}")
         if f.error:
             lines.append(f"  ! {f.error}")
     return "\n".join(lines)
@@ -149,7 +190,7 @@ def run_discover(args: argparse.Namespace) -> int:
     if args.write_config:
         print(_config_entries(found, args.user))
     elif args.json:
-        print(json.dumps([asdict(f) for f in found], indent=2, default=str))
+        print(json.dumps([found_json(f) for f in found], indent=2))
     else:
         print(_human(found))
     return 0
