@@ -19,21 +19,29 @@ import asyncio
 import bisect
 import json
 import os
+import struct
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 from nvr.errors import StorageError
 from nvr.storage.index import Index
 from nvr.storage.index_rows import SegmentRow
 from nvr.storage.model import Fragment, SegmentState
-from nvr.storage.mp4_samples import Sample, Track, TrackFragment, parse_fragment, parse_tracks
+from nvr.storage.mp4_samples import Track, TrackFragment, parse_fragment, parse_tracks
 from nvr.storage.mp4_write import Chunk, Edit, TrackLayout, clip_header
 from nvr.storage.mp4box import parse_box_header
 
 _SEAM_SLACK_90K = 900  # 10 ms: less than any frame, more than a seam's rounding
-_MOOF_READ_BYTES = 16 * 1024  # one read usually holds a whole moof (a few hundred bytes)
+# The first read at a moof: a few hundred bytes hold a short fragment's moof (video at 25 fps
+# and 0.5 s: 160 bytes). Small reads, one per fragment, are what an hour's clip waits on:
+# 16 KiB reads took 4 times as long as 512-byte ones (from the page cache), 2 KiB 1.25 times.
+# A file whose moofs are larger is read in larger reads after its first.
+_MOOF_READ_BYTES = 512
+_MOOF_READ_MAX = 64 * 1024
+_BOX_HEAD = struct.Struct(">I4s")
 
 
 class NoRecordingError(StorageError):
@@ -136,7 +144,7 @@ def _pread(path: Path, offset: int, size: int) -> bytes:
 class _SegmentRead:
     row: SegmentRow
     tracks: tuple[Track, ...]
-    fragments: tuple[tuple[TrackFragment, ...], ...]
+    fragments: list[list[TrackFragment]]
 
 
 def _read_segment(root: Path, row: SegmentRow, frags: Sequence[Fragment]) -> _SegmentRead:
@@ -155,19 +163,34 @@ def _read_segment(root: Path, row: SegmentRow, frags: Sequence[Fragment]) -> _Se
         if moov is None:
             raise StorageError(f"segment {row.path}: no moov before the first fragment")
         tracks = parse_tracks(moov)
+        by_id = {t.track_id: t for t in tracks}
         parsed = []
+        want = _MOOF_READ_BYTES
         for frag in frags:
-            data = os.pread(fd, min(_MOOF_READ_BYTES, frag.size_bytes), frag.byte_offset)
-            head = parse_box_header(data)
-            if head is None or head.box_type != b"moof":
-                raise StorageError(f"segment {row.path}: no moof at byte {frag.byte_offset}")
-            if head.size > len(data):
-                data = os.pread(fd, head.size, frag.byte_offset)
-            payload = data[head.header_size : head.size]
-            parsed.append(parse_fragment(payload, frag.byte_offset, tracks))
+            offset = frag.byte_offset
+            data = os.pread(fd, min(want, frag.size_bytes), offset)
+            size, box_type = _BOX_HEAD.unpack_from(data) if len(data) >= 8 else (0, b"")
+            if box_type == b"moof" and 8 <= size <= len(data):  # the common case, inline
+                moof = data[8:size]
+            else:
+                moof = _moof_payload(fd, data, offset, row.path)
+                # The moofs of one file are much alike: read the next ones whole at once.
+                want = max(want, min(len(moof) + 8 + _MOOF_READ_BYTES, _MOOF_READ_MAX))
+            parsed.append(parse_fragment(moof, offset, by_id))
     finally:
         os.close(fd)
-    return _SegmentRead(row, tracks, tuple(parsed))
+    return _SegmentRead(row, tracks, parsed)
+
+
+def _moof_payload(fd: int, data: bytes, offset: int, where: str) -> bytes:
+    """The payload of the moof box at ``offset``, given the first bytes read there (``data``);
+    its header read as ``mp4box.parse_box_header`` reads it."""
+    head = parse_box_header(data)
+    if head is None or head.box_type != b"moof":
+        raise StorageError(f"segment {where}: no moof at byte {offset}")
+    if head.size > len(data):
+        data = os.pread(fd, head.size, offset)
+    return data[head.header_size : head.size]
 
 
 def _chosen(frags: Sequence[Fragment], rel_start_90k: int, rel_end_90k: int) -> slice:
@@ -198,9 +221,10 @@ class _TrackBuild:
     entries: list[bytes] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     durations: list[int] = field(default_factory=list)
-    times: list[int] = field(default_factory=list)  # clip time of each sample, track timescale
-    sync: list[bool] = field(default_factory=list)
+    sync: list[int] = field(default_factory=list)  # 1-based numbers of the sync samples
     chunks: list[Chunk] = field(default_factory=list)
+    first_time: int | None = None  # clip time of the first and last sample, track timescale
+    last_time: int | None = None
 
     def entry_index(self, entry: bytes) -> int:
         if entry not in self.entries:
@@ -209,7 +233,29 @@ class _TrackBuild:
 
 
 def _scale(value: int, from_ts: int, to_ts: int) -> int:
-    return value * to_ts // from_ts
+    return value if from_ts == to_ts else value * to_ts // from_ts
+
+
+def _track_fragment(frag: list[TrackFragment], track_id: int) -> TrackFragment | None:
+    for f in frag:
+        if f.track_id == track_id:
+            return f
+    return None
+
+
+def _times(frag: TrackFragment, first: int) -> list[int]:
+    """Each sample's start, counting ``first`` for the first one (track timescale)."""
+    return list(accumulate(frag.durations[:-1], initial=first)) if frag.durations else []
+
+
+def _extents(frag: TrackFragment, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """(file offset, size) of samples ``lo`` to ``hi`` of a fragment, one per trun they span."""
+    runs = frag.runs
+    for k, (first, at) in enumerate(runs):
+        run_end = runs[k + 1][0] if k + 1 < len(runs) else len(frag.sizes)
+        s, e = max(lo, first), min(hi, run_end)
+        if s < e:
+            yield at + sum(frag.sizes[first:s]), sum(frag.sizes[s:e])
 
 
 class _Assembler:
@@ -222,19 +268,36 @@ class _Assembler:
         self.video = _TrackBuild(b"vide", 90_000, 1)
         self.audio: _TrackBuild | None = None
         self.order: list[tuple[int, int]] = []
-        self.pieces: list[Piece] = []
+        self.pieces: list[tuple[Path, int, int]] = []  # path, offset, size
         self.clip_90k = 0  # clip video time so far
         self.first_frame_90k: int | None = None
         self.start_frame_90k: int | None = None
         self.last_wall_end_90k: int | None = None
         self.spans: list[tuple[int, int]] = []  # wall spans of the samples taken, per segment
 
-    def _piece(self, path: Path, sample: Sample) -> None:
-        last = self.pieces[-1] if self.pieces else None
-        if last is not None and last.path == path and last.offset + last.size == sample.offset:
-            self.pieces[-1] = Piece(path, last.offset, last.size + sample.size)
-        else:
-            self.pieces.append(Piece(path, sample.offset, sample.size))
+    def _piece(self, path: Path, offset: int, size: int) -> None:
+        if self.pieces:
+            last_path, last_offset, last_size = self.pieces[-1]
+            if (last_path is path or last_path == path) and last_offset + last_size == offset:
+                self.pieces[-1] = (path, last_offset, last_size + size)
+                return
+        self.pieces.append((path, offset, size))
+
+    def _edge(self, frag: TrackFragment, walls: list[int]) -> tuple[int, int]:
+        """The samples to take, ``[lo, hi)``, of a fragment at an edge of the range, where
+        the range's start or end (or the first keyframe) falls; notes the frames found."""
+        hi = bisect.bisect_left(walls, self.end_90k)
+        lo = 0
+        if self.first_frame_90k is None:
+            sync = frag.sync
+            lo = sync[0] if sync and sync[0] < hi else hi  # only from a keyframe
+            if lo < hi:
+                self.first_frame_90k = walls[lo]
+        if lo < hi:
+            on_screen = bisect.bisect_right(walls, self.start_90k, lo, hi) - 1
+            if on_screen >= lo:
+                self.start_frame_90k = walls[on_screen]  # the frame shown at the start
+        return lo, hi
 
     def add_segment(self, seg: _SegmentRead) -> None:
         path = self.root / seg.row.path
@@ -246,50 +309,47 @@ class _Assembler:
         if not v.width:
             v.width, v.height = vtrack.width, vtrack.height
         v_entry = v.entry_index(vtrack.sample_entry)
+        ts, row_start = vtrack.timescale, seg.row.start_90k
         seg_offset_90k: int | None = None  # clip time of the segment's media time 0
-        seg_clip_end_90k = self.clip_90k
         span_start: int | None = None
         for frag in seg.fragments:
-            vfrag = next((f for f in frag if f.track_id == vtrack.track_id), None)
-            if vfrag is None:
+            vfrag = _track_fragment(frag, vtrack.track_id)
+            if vfrag is None or not vfrag.sizes:
                 continue
-            samples = vfrag.samples
-            walls = []  # each sample's wall start
-            t = vfrag.decode_time
-            for smp in samples:
-                walls.append(seg.row.start_90k + _scale(t, vtrack.timescale, 90_000))
-                t += smp.duration
-            lo, hi = 0, bisect.bisect_left(walls, self.end_90k)
-            if self.first_frame_90k is None:
-                lo = next((i for i in range(hi) if samples[i].sync), hi)  # only from a keyframe
-                if lo < hi:
-                    self.first_frame_90k = walls[lo]
-            count = hi - lo
-            size = 0
-            if count > 0:
-                if seg_offset_90k is None:
-                    seg_offset_90k = self.clip_90k - (walls[lo] - seg.row.start_90k)
-                    span_start = walls[lo]
-                on_screen = bisect.bisect_right(walls, self.start_90k, lo, hi) - 1
-                if on_screen >= lo:
-                    self.start_frame_90k = walls[on_screen]  # the frame shown at the start
-                taken = samples[lo:hi]
-                durations = [_scale(x.duration, vtrack.timescale, 90_000) for x in taken]
-                sizes = [x.size for x in taken]
-                size = sum(sizes)
-                v.sizes += sizes
-                v.durations += durations
-                v.sync += [x.sync for x in taken]
-                # A trun's samples are contiguous in the file: one piece for all of them.
-                self._piece(path, Sample(taken[0].offset, size, 0, True))
-                self.clip_90k += sum(durations)
-                self.last_wall_end_90k = walls[hi - 1] + durations[-1]
-            if count:
-                self.order.append((0, len(v.chunks)))
-                v.chunks.append(Chunk(count, v_entry, size))
-                seg_clip_end_90k = self.clip_90k
-                if atrack is not None:
-                    self._add_audio(path, atrack, frag, seg_offset_90k or 0, seg_clip_end_90k)
+            sizes, ticks = vfrag.sizes, vfrag.durations
+            durations = ticks if ts == 90_000 else [_scale(d, ts, 90_000) for d in ticks]
+            # Wall starts of the first and last samples: a fragment inside the range is taken
+            # whole, and only a fragment at an edge needs every sample's wall time.
+            lo_wall = row_start + _scale(vfrag.decode_time, ts, 90_000)
+            hi_wall = row_start + _scale(vfrag.decode_time + sum(ticks) - ticks[-1], ts, 90_000)
+            first_number = len(v.sizes) + 1  # of the fragment's first sample in the clip
+            if (self.first_frame_90k is not None and self.start_90k < lo_wall
+                    and hi_wall < self.end_90k):  # fmt: skip
+                lo = 0
+                v.sync += map(first_number.__add__, vfrag.sync)
+            else:
+                starts = _times(vfrag, vfrag.decode_time)
+                walls = [row_start + _scale(t, ts, 90_000) for t in starts]
+                lo, hi = self._edge(vfrag, walls)
+                if lo >= hi:
+                    continue
+                lo_wall, hi_wall = walls[lo], walls[hi - 1]
+                v.sync += [first_number + i - lo for i in vfrag.sync if lo <= i < hi]
+                sizes, durations = sizes[lo:hi], durations[lo:hi]
+            if seg_offset_90k is None:
+                seg_offset_90k = self.clip_90k - (lo_wall - row_start)
+                span_start = lo_wall
+            size = sum(sizes)
+            v.sizes += sizes
+            v.durations += durations
+            # A trun's samples are contiguous in the file: one piece for all of them.
+            self._piece(path, vfrag.offset_of(lo), size)
+            self.clip_90k += sum(durations)
+            self.last_wall_end_90k = hi_wall + durations[-1]
+            self.order.append((0, len(v.chunks)))
+            v.chunks.append(Chunk(len(sizes), v_entry, size))
+            if atrack is not None:
+                self._add_audio(path, atrack, frag, seg_offset_90k, self.clip_90k)
         if span_start is not None and self.last_wall_end_90k is not None:
             self.spans.append((span_start, self.last_wall_end_90k))
 
@@ -297,12 +357,12 @@ class _Assembler:
         self,
         path: Path,
         track: Track,
-        frag: tuple[TrackFragment, ...],
+        frag: list[TrackFragment],
         seg_offset_90k: int,
         clip_end_90k: int,
     ) -> None:
-        afrag = next((f for f in frag if f.track_id == track.track_id), None)
-        if afrag is None or not afrag.samples:
+        afrag = _track_fragment(frag, track.track_id)
+        if afrag is None or not afrag.sizes:
             return
         a = self.audio
         if a is None:
@@ -311,24 +371,48 @@ class _Assembler:
             return  # a different sample rate mid-clip: keep the first rate's audio only
         entry = a.entry_index(track.sample_entry)
         ts = a.timescale
-        t = afrag.decode_time + _scale(seg_offset_90k, 90_000, ts)
+        times = _times(afrag, afrag.decode_time + _scale(seg_offset_90k, 90_000, ts))
         stop = _scale(clip_end_90k, 90_000, ts)
         count = size = 0
-        for s in afrag.samples:
-            at, t = t, t + s.duration
-            if at < 0 or at >= stop or (a.times and at <= a.times[-1]):
-                continue  # before the clip, past its video, or overlapping the last one
-            if a.times:
-                a.durations[-1] = at - a.times[-1]  # a gap in the audio stretches the last one
-            a.times.append(at)
-            a.sizes.append(s.size)
-            a.durations.append(s.duration)
-            self._piece(path, s)
-            count += 1
-            size += s.size
+        for lo, hi in _audio_kept(times, min(afrag.durations), stop, a.last_time):
+            # A sample taken before: this one's start ends it (a gap in the audio stretches it).
+            if a.last_time is not None:
+                a.durations[-1] = times[lo] - a.last_time
+            else:
+                a.first_time = times[lo]
+            a.last_time = times[hi - 1]
+            a.sizes += afrag.sizes[lo:hi]
+            a.durations += afrag.durations[lo:hi]
+            for offset, extent in _extents(afrag, lo, hi):
+                self._piece(path, offset, extent)
+                size += extent
+            count += hi - lo
         if count:
             self.order.append((1, len(a.chunks)))
             a.chunks.append(Chunk(count, entry, size))
+
+
+def _audio_kept(
+    times: list[int], shortest: int, stop: int, last: int | None
+) -> list[tuple[int, int]]:
+    """Stretches ``[lo, hi)`` of a fragment's audio samples to keep: those starting at or after
+    clip time 0 and before ``stop`` (the clip's video end) that do not overlap the sample
+    taken last (starting at ``last``), nor the one kept before them."""
+    if shortest > 0:
+        # The starts strictly rise, so the samples kept are one stretch.
+        lo = bisect.bisect_left(times, 0 if last is None else max(0, last + 1))
+        hi = bisect.bisect_left(times, stop)
+        return [(lo, hi)] if lo < hi else []
+    out: list[tuple[int, int]] = []
+    for i, at in enumerate(times):
+        if at < 0 or at >= stop or (last is not None and at <= last):
+            continue
+        last = at
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out
 
 
 def _gaps(
@@ -393,11 +477,16 @@ async def plan_clip(
     for r in rows:
         if r.state is SegmentState.MISSING and r.end_90k is not None:
             known.append(ClipGap(r.start_90k, r.end_90k, "missing", f"segment {r.path} is lost"))
+    closed = [
+        r for r in rows
+        if r.state is SegmentState.CLOSED and r.end_90k is not None and r.end_90k > start_90k
+    ]  # fmt: skip
+    maps = await index.segments_fragments([r.id for r in closed])  # one query, not one each
     chosen: list[tuple[SegmentRow, list[Fragment]]] = []
-    for r in rows:
-        if r.state is not SegmentState.CLOSED or r.end_90k is None or r.end_90k <= start_90k:
-            continue
-        frags = await index.segment_fragments(r.id)
+    for r in closed:
+        frags = maps.get(r.id)
+        if frags is None:  # deleted since the query above
+            raise StorageError(f"index: segment_fragments(segment {r.id}): no such segment")
         if frags:
             cut = _chosen(frags, start_90k - r.start_90k, end_90k - r.start_90k)
             chosen.append((r, list(frags[cut])))
@@ -455,14 +544,14 @@ def _assemble(  # noqa: PLR0917  (one private call site)
     tracks = [TrackLayout(1, b"vide", 90_000, tuple(v.entries), v.sizes, v.durations, v.sync,
                           v.chunks, (Edit(shown_90k, skip_90k),), v.width, v.height)]  # fmt: skip
     a = asm.audio
-    if a is not None and a.times:
+    if a is not None and a.first_time is not None:
         ts = a.timescale
         show_at = _scale(skip_90k, 90_000, ts)  # clip audio time of the first shown instant
         edits: tuple[Edit, ...]
-        if a.times[0] <= show_at:
-            edits = (Edit(shown_90k, show_at - a.times[0]),)
+        if a.first_time <= show_at:
+            edits = (Edit(shown_90k, show_at - a.first_time),)
         else:
-            lead_90k = min(shown_90k, _scale(a.times[0] - show_at, ts, 90_000))
+            lead_90k = min(shown_90k, _scale(a.first_time - show_at, ts, 90_000))
             edits = (Edit(lead_90k, -1), Edit(shown_90k - lead_90k, 0))
         tracks.append(TrackLayout(2, b"soun", ts, tuple(a.entries), a.sizes, a.durations, None,
                                   a.chunks, edits))  # fmt: skip
@@ -473,14 +562,15 @@ def _assemble(  # noqa: PLR0917  (one private call site)
         tags=[(b"\xa9nam", f"{camera_id} {delivered_start // 90_000}"),
               (b"\xa9cmt", json.dumps(meta, separators=(",", ":")))],
     )  # fmt: skip
+    pieces = tuple(Piece(path, offset, size) for path, offset, size in asm.pieces)
     starts, at = [], len(header)
-    for p in asm.pieces:
+    for p in pieces:
         starts.append(at)
         at += p.size
     if at != len(header) + payload:
         raise StorageError("clip layout: pieces and chunks disagree")  # a bug, not bad input
     return Clip(
         camera_id, start_90k, end_90k, first, delivered_start, delivered_end, shown_90k,
-        len(v.sizes), len(tracks) > 1, gaps, tuple(sources), header, tuple(asm.pieces), at,
+        len(v.sizes), len(tracks) > 1, gaps, tuple(sources), header, pieces, at,
         tuple(starts),
     )  # fmt: skip

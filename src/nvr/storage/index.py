@@ -556,6 +556,25 @@ class Index(LifecycleQueries, AccessQueries):
         except StorageError as e:
             raise StorageError(f"index {self._path}: {what}: {e}") from e
 
+    async def segments_fragments(
+        self, segment_ids: Sequence[int]
+    ) -> dict[int, tuple[Fragment, ...]]:
+        """``segment_fragments`` of many segments in one query per 500 (a clip of an hour
+        needs 61): each id that has a row maps to its fragment map; an id without a row is
+        left out."""
+        ids = list(segment_ids)
+        found: dict[int, tuple[Fragment, ...]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            sql = f"SELECT id, fragments FROM segment WHERE id IN ({','.join('?' * len(chunk))})"
+            for segment_id, blob in await self._fetchall("segments_fragments", sql, chunk):
+                try:
+                    found[segment_id] = () if blob is None else decode_fragments(blob)
+                except StorageError as e:
+                    what = f"segments_fragments(segment {segment_id})"
+                    raise StorageError(f"index {self._path}: {what}: {e}") from e
+        return found
+
     async def segments_after(self, after_id: int, limit: int) -> list[SegmentRow]:
         """Up to ``limit`` segments of every state with id above ``after_id``, by id: the
         whole table a page at a time (``nvr check``)."""

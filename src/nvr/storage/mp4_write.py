@@ -10,8 +10,11 @@ offsets. Layouts per ISO/IEC 14496-12 §8; metadata in ``udta/meta/ilst`` as pla
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby
 
 MOVIE_TIMESCALE = 90_000
 MDAT_HEADER_BYTES = 16  # size 1, "mdat", 64-bit largesize
@@ -19,7 +22,9 @@ _MP4_EPOCH_OFFSET_S = 2_082_844_800  # 1904-01-01 to 1970-01-01
 _MATRIX = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a clip of an hour has some 7,000 chunks, and a frozen dataclass's __init__ costs
+# twice as much. Nothing changes one once it is made.
+@dataclass(slots=True)
 class Chunk:
     """``count`` consecutive samples stored together, described by sample entry ``entry``."""
 
@@ -42,7 +47,7 @@ class TrackLayout:
     sample_entries: tuple[bytes, ...]  # whole stsd entry boxes, copied from the segments
     sizes: Sequence[int]
     durations: Sequence[int]
-    sync: Sequence[bool] | None  # None: every sample is a sync sample (no stss)
+    sync_samples: Sequence[int] | None  # 1-based numbers, ascending; None: every sample is one
     chunks: Sequence[Chunk]  # in mdat order across all tracks: see ``interleave``
     edits: tuple[Edit, ...]
     width: int = 0
@@ -58,44 +63,66 @@ def full_box(box_type: bytes, version: int, flags: int, *parts: bytes) -> bytes:
     return box(box_type, struct.pack(">I", (version << 24) | flags), *parts)
 
 
+def _be_array(typecode: str, values: Sequence[int]) -> bytes:
+    """``values`` as big-endian unsigned integers (``I``: 32-bit, ``Q``: 64-bit), packed in C:
+    a table of 90,000 sizes costs a fraction of ``struct.pack(*values)``."""
+    packed = array(typecode, values)
+    if packed.itemsize != {"I": 4, "Q": 8}[typecode]:
+        return struct.pack(f">{len(values)}{typecode}", *values)  # a platform with odd C ints
+    if sys.byteorder == "little":
+        packed.byteswap()
+    return packed.tobytes()
+
+
 def _stts(durations: Sequence[int]) -> bytes:
-    runs: list[list[int]] = []
-    for d in durations:
-        if runs and runs[-1][1] == d:
-            runs[-1][0] += 1
-        else:
-            runs.append([1, d])
-    body = b"".join(struct.pack(">II", n, d) for n, d in runs)
-    return full_box(b"stts", 0, 0, struct.pack(">I", len(runs)), body)
+    if durations and durations.count(durations[0]) == len(durations):
+        table = [len(durations), durations[0]]  # a constant frame rate: one run
+    else:
+        table = [n for d, run in groupby(durations) for n in (len(list(run)), d)]
+    return full_box(b"stts", 0, 0, struct.pack(">I", len(table) // 2), _be_array("I", table))
 
 
 def _stsc(chunks: Sequence[Chunk]) -> bytes:
-    rows: list[tuple[int, int, int]] = []
+    rows: list[int] = []
+    count = entry = -1
     for i, c in enumerate(chunks, 1):
-        if not rows or rows[-1][1:] != (c.count, c.entry):
-            rows.append((i, c.count, c.entry))
-    body = b"".join(struct.pack(">III", *r) for r in rows)
-    return full_box(b"stsc", 0, 0, struct.pack(">I", len(rows)), body)
+        if c.count != count or c.entry != entry:
+            count, entry = c.count, c.entry
+            rows += (i, count, entry)
+    return full_box(b"stsc", 0, 0, struct.pack(">I", len(rows) // 3), _be_array("I", rows))
 
 
-def _stbl(t: TrackLayout, chunk_offsets: Sequence[int]) -> bytes:
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    """A track's sample tables but for the chunk offsets, made once per header: the header is
+    laid out twice (once to learn its size) and only the chunk offsets differ."""
+
+    head: bytes  # stsd, stts, stss, stsz, stsc
+    media_duration: int
+
+
+def _tables(t: TrackLayout) -> _Tables:
     stsd = full_box(b"stsd", 0, 0, struct.pack(">I", len(t.sample_entries)), *t.sample_entries)
     parts = [stsd, _stts(t.durations)]
-    if t.sync is not None and not all(t.sync):
-        numbers = [i for i, s in enumerate(t.sync, 1) if s]
-        parts.append(full_box(b"stss", 0, 0, struct.pack(f">I{len(numbers)}I", len(numbers),
-                                                        *numbers)))  # fmt: skip
     n = len(t.sizes)
-    parts.append(full_box(b"stsz", 0, 0, struct.pack(f">II{n}I", 0, n, *t.sizes)))
+    numbers = t.sync_samples
+    if numbers is not None and len(numbers) < n:  # all sync: no stss
+        parts.append(full_box(b"stss", 0, 0, struct.pack(">I", len(numbers)),
+                              _be_array("I", numbers)))  # fmt: skip
+    parts.append(full_box(b"stsz", 0, 0, struct.pack(">II", 0, n), _be_array("I", t.sizes)))
     parts.append(_stsc(t.chunks))
+    return _Tables(b"".join(parts), sum(t.durations))
+
+
+def _stbl(tables: _Tables, chunk_offsets: Sequence[int]) -> bytes:
     n = len(chunk_offsets)
-    parts.append(full_box(b"co64", 0, 0, struct.pack(f">I{n}Q", n, *chunk_offsets)))
-    return box(b"stbl", *parts)
+    co64 = full_box(b"co64", 0, 0, struct.pack(">I", n), _be_array("Q", chunk_offsets))
+    return box(b"stbl", tables.head, co64)
 
 
-def _trak(t: TrackLayout, chunk_offsets: Sequence[int], created_s: int) -> bytes:
+def _trak(t: TrackLayout, tables: _Tables, chunk_offsets: Sequence[int], created_s: int) -> bytes:
     movie_duration = sum(e.duration for e in t.edits)
-    media_duration = sum(t.durations)
+    media_duration = tables.media_duration
     video = t.handler == b"vide"
     tkhd = full_box(
         b"tkhd", 1, 0x3,  # enabled, in movie
@@ -117,7 +144,7 @@ def _trak(t: TrackLayout, chunk_offsets: Sequence[int], created_s: int) -> bytes
     header = (full_box(b"vmhd", 0, 1, bytes(8)) if video
               else full_box(b"smhd", 0, 0, bytes(4)))  # fmt: skip
     dinf = box(b"dinf", full_box(b"dref", 0, 0, struct.pack(">I", 1), full_box(b"url ", 0, 1)))
-    minf = box(b"minf", header, dinf, _stbl(t, chunk_offsets))
+    minf = box(b"minf", header, dinf, _stbl(tables, chunk_offsets))
     return box(b"trak", tkhd, box(b"edts", elst), box(b"mdia", mdhd, hdlr, minf))
 
 
@@ -146,9 +173,8 @@ def clip_header(
     ftyp = box(b"ftyp", b"isom", struct.pack(">I", 0x200), b"isomiso2mp41")
     created_s = created_unix_s + _MP4_EPOCH_OFFSET_S
     offsets: list[list[int]] = [[0] * len(t.chunks) for t in tracks]
-    payload = sum(
-        t.chunks[c].size_bytes for ti, t in enumerate(tracks) for c in range(len(t.chunks))
-    )
+    payload = sum(c.size_bytes for t in tracks for c in t.chunks)
+    tables = [_tables(t) for t in tracks]
 
     def moov() -> bytes:
         duration = max((sum(e.duration for e in t.edits) for t in tracks), default=0)
@@ -158,7 +184,7 @@ def clip_header(
             struct.pack(">IH10x", 0x10000, 0x0100), _MATRIX, bytes(24),
             struct.pack(">I", max(t.track_id for t in tracks) + 1),
         )  # fmt: skip
-        traks = [_trak(t, offsets[i], created_s) for i, t in enumerate(tracks)]
+        traks = [_trak(t, tables[i], offsets[i], created_s) for i, t in enumerate(tracks)]
         return box(b"moov", mvhd, *traks, *([_udta(tags)] if tags else []))
 
     at = len(ftyp) + len(moov()) + MDAT_HEADER_BYTES  # co64: the size does not change below
