@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -35,3 +35,28 @@ def test_times_without_an_offset_or_malformed_are_refused(bad: str) -> None:
 def test_round_trip_to_the_millisecond(wall_90k: int, tz: timezone) -> None:
     back, _ = parse_rfc3339(format_rfc3339(wall_90k, tz), "t")
     assert back == wall_90k - wall_90k % 90_000 + (wall_90k % 90_000) * 1000 // 90_000 * 90
+
+
+_SECOND = 90_000
+_YEAR_1 = -62_135_596_800 * _SECOND  # 0001-01-01T00:00:00Z
+_YEAR_10000 = 253_402_300_800 * _SECOND  # 10000-01-01T00:00:00Z
+
+
+@given(
+    st.integers(_YEAR_1 + 2 * 86_400 * _SECOND, _YEAR_10000 - 2 * 86_400 * _SECOND - 1),
+    st.integers(-(23 * 60 + 59), 23 * 60 + 59),
+)
+def test_formatting_agrees_with_datetime(wall_90k: int, offset_min: int) -> None:
+    """The integer formatting gives what datetime gives, over years 1-9999 and every offset."""
+    tz = timezone(timedelta(minutes=offset_min))
+    seconds, ticks = divmod(wall_90k, _SECOND)
+    moment = datetime.fromtimestamp(0, UTC) + timedelta(seconds=seconds)
+    local = moment.astimezone(tz)
+    expected = (f"{local.year:04d}-{local.month:02d}-{local.day:02d}T{local.hour:02d}:"
+                f"{local.minute:02d}:{local.second:02d}.{ticks * 1000 // _SECOND:03d}")  # fmt: skip
+    if offset_min == 0:
+        expected += "Z"
+    else:
+        sign, h_m = ("+" if offset_min > 0 else "-"), divmod(abs(offset_min), 60)
+        expected += f"{sign}{h_m[0]:02d}:{h_m[1]:02d}"
+    assert format_rfc3339(wall_90k, tz) == expected
