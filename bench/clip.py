@@ -53,7 +53,7 @@ import aiohttp
 import av
 import uvloop
 from aiohttp import web
-from procfs import nvr_src_first_on_path
+from procfs import first_line, host_facts, nvr_src_first_on_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the fast recorder driver lives with the tests
@@ -530,22 +530,7 @@ def ratios(results: Sequence[dict[str, object]]) -> dict[str, float]:
 
 
 def machine_facts() -> dict[str, object]:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "")
-    mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("Mem"))
-
-    def first_line(cmd: list[str]) -> str:
-        res = subprocess.run(cmd, check=False, capture_output=True, text=True)
-        return (res.stdout.strip().splitlines() or [""])[0]
-
-    git = ["git", "-C", str(REPO_ROOT)]
-    return {
-        "git_head": first_line([*git, "rev-parse", "HEAD"]),
-        "src_modified_files": first_line([*git, "status", "--porcelain", "--", "src"]) != "",
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "mem_total_gib": round(int(mem.split()[1]) / 2**20, 1),
-        "kernel": platform.release(),
+    return host_facts() | {
         "python": platform.python_version(),
         "pyav": av.__version__,
         "aiohttp": aiohttp.__version__,

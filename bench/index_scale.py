@@ -48,7 +48,6 @@ import platform
 import random
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,7 +68,7 @@ from typing import Any
 import aiohttp
 import uvloop
 from aiohttp import web
-from procfs import nvr_src_first_on_path
+from procfs import host_facts, nvr_src_first_on_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the token helper lives with the tests
@@ -1110,22 +1109,7 @@ def markdown(report: Mapping[str, Any]) -> str:
 
 
 def machine_facts() -> dict[str, object]:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "")
-    mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("Mem"))
-
-    def first_line(cmd: list[str]) -> str:
-        res = subprocess.run(cmd, check=False, capture_output=True, text=True)
-        return (res.stdout.strip().splitlines() or [""])[0]
-
-    git = ["git", "-C", str(REPO_ROOT)]
-    return {
-        "git_head": first_line([*git, "rev-parse", "HEAD"]),
-        "src_modified_files": first_line([*git, "status", "--porcelain", "--", "src"]) != "",
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "mem_total_gib": round(int(mem.split()[1]) / 2**20, 1),
-        "kernel": platform.release(),
+    return host_facts() | {
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
         "aiohttp": aiohttp.__version__,

@@ -106,19 +106,19 @@ def meminfo_kib(key: str) -> int:
     return _kib_field(Path("/proc/meminfo"), key) or 0
 
 
-def machine_facts() -> dict[str, object]:
-    """The machine and the software versions a result depends on (for the results file)."""
+def first_line(cmd: list[str]) -> str:
+    """The first line a command prints on stdout ("not found" if it cannot run)."""
+    try:
+        res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
+    except OSError:
+        return "not found"
+    return (res.stdout.strip().splitlines() or [""])[0]
+
+
+def host_facts() -> dict[str, object]:
+    """What every results file records: the commit, whether src/ was edited, the machine."""
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "")
-
-    def first_line(cmd: list[str]) -> str:
-        try:
-            res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
-        except OSError:
-            return "not found"
-        return (res.stdout.strip().splitlines() or [""])[0]
-
-    python = str(VENV_PYTHON)
     git = ["git", "-C", str(REPO_ROOT)]
     return {
         "git_head": first_line([*git, "rev-parse", "HEAD"]),
@@ -127,6 +127,13 @@ def machine_facts() -> dict[str, object]:
         "cpu_model": model,
         "mem_total_gib": round(meminfo_kib("MemTotal") / 2**20, 1),
         "kernel": platform.release(),
+    }
+
+
+def machine_facts() -> dict[str, object]:
+    """The machine and the software versions a result depends on (for the results file)."""
+    python = str(VENV_PYTHON)
+    return host_facts() | {
         "python": first_line([python, "-c", "import sys; print(sys.version.split()[0])"]),
         "pyav": first_line([python, "-c", "import av; print(av.__version__)"]),
         "nvr": first_line([str(NVR_BIN), "--version"]),
