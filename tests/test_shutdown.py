@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import nvr.app as nvr_app
 from nvr.app import serve
 from nvr.config import load_config
 from support.fakecam import FakeCam
@@ -88,6 +89,43 @@ async def test_a_blocked_event_loop_stops_the_watchdog_pings(
     assert listener.times("STOPPING=1")
     ready = [m for _, m in listener.got if "READY=1" in m]
     assert ready and "STATUS=0/1 cameras streaming; not recording: cam" in ready[0]
+
+
+async def test_a_long_start_asks_systemd_for_more_time_until_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that takes long (a schema upgrade of a big index) keeps extending the start
+    timeout, with a STATUS saying so, and stops once READY is sent."""
+    listener = _Listener(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    monkeypatch.setattr(nvr_app, "START_EXTEND_EVERY_S", 0.05)
+    real_start = nvr_app.App.start
+
+    async def slow_start(self: nvr_app.App, *, serve_api: bool = True) -> None:
+        # Start-up held until the daemon has asked for more time three times.
+        await poll("three extensions", lambda: len(listener.times("EXTEND_TIMEOUT_USEC=")) >= 3)
+        await real_start(self, serve_api=serve_api)
+
+    monkeypatch.setattr(nvr_app.App, "start", slow_start)
+    path = _config(tmp_path, "")
+    daemon = asyncio.create_task(serve(load_config(path), path))
+    try:
+        await poll("READY", lambda: bool(listener.times("READY=1")))
+        await poll("pings after READY", lambda: len(listener.times("WATCHDOG=1")) >= 5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(daemon, 30) == 0
+    finally:
+        if not daemon.done():
+            daemon.cancel()
+        listener.close()
+    extensions = [(t, m) for t, m in listener.got if "EXTEND_TIMEOUT_USEC=" in m]
+    assert len(extensions) >= 3
+    assert all("EXTEND_TIMEOUT_USEC=150000\n" in m and "STATUS=starting for" in m
+               for _, m in extensions)  # fmt: skip
+    [ready_at] = listener.times("READY=1")
+    assert all(t < ready_at for t, _ in extensions), "extensions went on after READY"
 
 
 async def _start(config: Path, *extra: str) -> asyncio.subprocess.Process:

@@ -248,6 +248,28 @@ async def _reload_on_hup(app: App, config_path: Path, hup: asyncio.Event,
             notify("READY=1")
 
 
+START_EXTEND_EVERY_S = 10.0
+"""While start-up runs, systemd is asked this often for more time (three times this much)."""
+
+
+async def _extend_start_timeout() -> None:
+    """Keep systemd's start timeout (90 s by default) from killing a start that is working.
+
+    A schema upgrade reads the whole index once, and recovery after a crash reads every open
+    segment: minutes on a year of 16 cameras. Killed, the upgrade would roll back and the
+    restart would begin it again, for ever. The loop stays free during both (the index works
+    in its own thread), so this task runs until ``App.start`` returns."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while True:
+        await asyncio.sleep(START_EXTEND_EVERY_S)
+        waited_s = loop.time() - began
+        extend_usec = int(3 * START_EXTEND_EVERY_S * 1_000_000)
+        notify(f"EXTEND_TIMEOUT_USEC={extend_usec}\nSTATUS=starting for {waited_s:.0f} s: "
+               "opening the index (an upgrade or crash recovery can take minutes)")  # fmt: skip
+        log.info("still starting after %.0f s (index upgrade or crash recovery)", waited_s)
+
+
 async def serve(cfg: Config, config_path: Path) -> int:
     """Run until SIGTERM/SIGINT; a second signal stops at once; SIGHUP re-reads
     ``config_path`` and applies its cameras. Returns the exit status."""
@@ -272,11 +294,14 @@ async def serve(cfg: Config, config_path: Path) -> int:
     hup = asyncio.Event()  # set early: a SIGHUP during start-up is served once it is up
     loop.add_signal_handler(signal.SIGHUP, hup.set)
     app = App(cfg)
+    keepalive = asyncio.create_task(_extend_start_timeout(), name="start-keepalive")
     try:
         await app.start()
     except BaseException:
         await app.stop()  # close what did open (the index's thread would keep us alive)
         raise
+    finally:
+        keepalive.cancel()
     notify("READY=1\nSTATUS=" + app.status_line())
     reloader = asyncio.create_task(_reload_on_hup(app, config_path, hup, stop), name="reload")
     interval = watchdog_interval_s()
