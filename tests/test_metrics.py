@@ -34,7 +34,7 @@ from nvr.storage.recovery import IDENTITY_FILE, open_checked_index
 from support.api import add_token, bearer
 from support.fakecam import FakeCam
 from support.media import Clip, encode_clip
-from support.recording import camera_toml, poll
+from support.recording import IndexReader, camera_toml, poll
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -120,6 +120,23 @@ async def test_a_live_camera_moves_the_counters_and_a_dead_one_is_degraded(
             assert value(now, "nvr_storage_recording_allowed") == 1
             assert (value(now, "nvr_storage_free_bytes") or 0) > 0
             assert value(now, "nvr_segments", state="open") is not None
+
+            # What each camera stores, from the kept totals: the bytes of its first k closed
+            # segments (they close in order), k being the closed count in the same scrape.
+            deadline = time.monotonic() + 30
+            while not (value(last[-1], "nvr_camera_stored_segments", camera="gate") or 0):
+                assert time.monotonic() < deadline, "nvr_camera_stored_segments stayed 0"
+                await asyncio.sleep(0.5)
+                last.append(await scrape())
+            stored = last[-1]
+            k = int(value(stored, "nvr_camera_stored_segments", camera="gate") or 0)
+            closed = sorted(IndexReader(app.cfg.storage.index_path).segments("gate", "closed"),
+                            key=lambda seg: seg.start_90k)  # fmt: skip
+            assert len(closed) >= k
+            assert value(stored, "nvr_camera_stored_bytes", camera="gate") == sum(
+                seg.size_bytes or 0 for seg in closed[:k])
+            assert value(stored, "nvr_segments", state="closed") == k  # the dead camera has none
+            assert value(stored, "nvr_camera_stored_bytes", camera="dead") is None
 
             async with ClientSession(base) as anonymous:
                 async with anonymous.get("/metrics") as resp:
@@ -213,7 +230,9 @@ async def test_counters_follow_the_recorder_exactly(tmp_path: Path) -> None:
     assert 0 < written[0] < written[1] < written[2]
     assert written[2] == _file_bytes(tmp_path / "gate")
     assert value(ended, "nvr_camera_segments_closed_total", camera="gate") == 5
-    assert value(ended, "nvr_segments", state="closed") is None  # not counted: too costly
+    assert value(ended, "nvr_segments", state="closed") == 5  # from the kept totals
+    assert value(ended, "nvr_camera_stored_segments", camera="gate") == 5
+    assert value(ended, "nvr_camera_stored_bytes", camera="gate") == written[2]
     assert value(ended, "nvr_segments", state="open") == 0
     assert value(ended, "nvr_camera_runs_ended_total", camera="gate", reason="shutdown") == 1
     assert value(first, "nvr_camera_runs_ended_total", camera="gate", reason="shutdown") == 0

@@ -302,12 +302,21 @@ class Metrics:
                     yield GaugeMetricFamily(name, doc, value=value)
         counts = fetched.counts
         if counts is not None:
-            segments = GaugeMetricFamily(
-                "nvr_segments", "Segments in the index not closed (open, missing, deleting)",
-                labels=["state"])  # fmt: skip
+            segments = GaugeMetricFamily("nvr_segments", "Segments in the index, by state",
+                                         labels=["state"])  # fmt: skip
             for s in SegmentState:
-                if s is not SegmentState.CLOSED:  # counting millions each scrape costs too much
-                    segments.add_metric([s.value], counts.segments.get(s.value, 0))
+                segments.add_metric([s.value], counts.segments.get(s.value, 0))
+            stored_bytes = GaugeMetricFamily(
+                "nvr_camera_stored_bytes", "Bytes of the camera's closed segments on the storage",
+                labels=["camera"])  # fmt: skip
+            stored_segments = GaugeMetricFamily(
+                "nvr_camera_stored_segments", "The camera's closed segments on the storage",
+                labels=["camera"])  # fmt: skip
+            for cam, (n_bytes, n_segments) in sorted(counts.stored.items()):
+                stored_bytes.add_metric([cam], n_bytes)
+                stored_segments.add_metric([cam], n_segments)
+            yield stored_bytes
+            yield stored_segments
             exports = GaugeMetricFamily("nvr_exports", "Export jobs, by state", labels=["state"])
             for e in ExportState:
                 exports.add_metric([e.value], counts.exports.get(e.value, 0))
