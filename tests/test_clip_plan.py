@@ -279,6 +279,21 @@ def test_box_headers_with_64_bit_and_open_ended_sizes() -> None:
             parse_fragment(bad, 0, TRACKS)
 
 
+def test_a_trun_claiming_billions_of_default_samples_is_refused() -> None:
+    """Without per-sample fields a trun's box does not bound its count: a corrupt count must
+    be refused, not turned into a table of billions of defaults (the daemon would die)."""
+    tfhd = full(b"tfhd", 0, 0x020038, struct.pack(">IIII", 1, 3600, 4000, NON_SYNC))
+    tfdt = full(b"tfdt", 1, 0, struct.pack(">Q", 0))
+    mfhd = full(b"mfhd", 0, 0, struct.pack(">I", 1))
+    for count in (0xFFFFFFFF, (1 << 20) + 1):
+        trun = full(b"trun", 0, 0x001, struct.pack(">Ii", count, 100))  # data offset only
+        with pytest.raises(Mp4FormatError, match=f"a trun of {count} samples"):
+            parse_fragment(mfhd + box(b"traf", tfhd + tfdt + trun), 0, TRACKS)
+    trun = full(b"trun", 0, 0x001, struct.pack(">Ii", 1 << 20, 100))  # at the limit: taken
+    [frag] = parse_fragment(mfhd + box(b"traf", tfhd + tfdt + trun), 0, TRACKS)
+    assert len(frag.sizes) == 1 << 20
+
+
 # --- audio kept, sample tables ----------------------------------------------------------------
 
 

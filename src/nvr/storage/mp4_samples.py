@@ -40,6 +40,9 @@ from nvr.storage.mp4box import (
 )
 
 _HEAD = struct.Struct(">I4s")  # box size, type
+# Far beyond any fragment we write (a second or two of frames): a corrupt count is refused
+# instead of becoming a table of billions of defaults.
+_MAX_TRUN_SAMPLES = 1 << 20
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _I32 = struct.Struct(">i")
@@ -333,6 +336,8 @@ def _parse_trun(  # noqa: PLR0917  (private; the tfhd's values, flattened for sp
     if end - start < 8:
         raise _short("trun", end - start, 8)
     word, count = _WORD_U32.unpack_from(buf, start)
+    if count > _MAX_TRUN_SAMPLES:  # a trun without per-sample fields is not bounded by its size
+        raise Mp4FormatError(f"fragment at {moof_offset}: a trun of {count} samples")
     flags = word & 0xFFFFFF
     pos = start + 8
     data_offset = 0
