@@ -53,7 +53,7 @@ import aiohttp
 import av
 import uvloop
 from aiohttp import web
-from procfs import first_line, host_facts, nvr_src_first_on_path
+from procfs import add_nvr_src_argument, first_line, host_facts, nvr_src_first_on_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the fast recorder driver lives with the tests
@@ -544,12 +544,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="JSON results file")
     p.add_argument("--quick", action="store_true", help="12 min recorded; 1- and 10-min ranges")
     p.add_argument("--reps", type=int, default=3, help="measured repetitions (after a warm-up)")
-    p.add_argument(
-        "--nvr-src",
-        type=Path,
-        help="import nvr from this directory (a snapshot of src/, e.g. from `git archive`), "
-        "so edits to the working tree during a run do not leak in",
-    )
+    add_nvr_src_argument(p)
     return p.parse_args(argv)
 
 

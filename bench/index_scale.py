@@ -68,7 +68,7 @@ from typing import Any
 import aiohttp
 import uvloop
 from aiohttp import web
-from procfs import host_facts, nvr_src_first_on_path
+from procfs import add_nvr_src_argument, host_facts, nvr_src_first_on_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the token helper lives with the tests
@@ -1157,12 +1157,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--app-cycles", type=int, default=2, help="App start/stop cycles, warm")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument(
-        "--nvr-src",
-        type=Path,
-        help="import nvr from this directory (a snapshot of src/, e.g. from `git archive`), "
-        "so edits to the working tree during a run do not leak in",
-    )
+    add_nvr_src_argument(p)
     return p.parse_args(argv)
 
 

@@ -160,6 +160,16 @@ def nvr_src_first_on_path() -> Path | None:
     return src
 
 
+def add_nvr_src_argument(parser: argparse.ArgumentParser) -> None:
+    """The --nvr-src option every benchmark takes (see ``nvr_src_first_on_path``)."""
+    parser.add_argument(
+        "--nvr-src",
+        type=Path,
+        help="measure the nvr in this directory (a snapshot of src/, e.g. from `git archive`), "
+        "so edits to the working tree during a run do not leak in",
+    )
+
+
 def nvr_env(nvr_src: Path | None) -> dict[str, str]:
     """This process's environment, with `nvr_src` (if any) first on PYTHONPATH: for starting
     `nvr` as a child that runs the snapshot."""

@@ -68,6 +68,7 @@ from typing import Literal
 from procfs import (
     NVR_BIN,
     REPO_ROOT,
+    add_nvr_src_argument,
     cpu_s,
     io_wchar,
     machine_facts,
@@ -537,6 +538,17 @@ class Profile:
     out: Path  # collapsed stacks ("raw" format), one line per distinct stack with its count
 
 
+def nvr_config(root: Path, urls: dict[str, str], listen: str) -> str:
+    """An `nvr run` config: storage in ``root``, 60-s segments, the API on ``listen``, and
+    each camera (id: URL) over TCP with audio off."""
+    lines = ["[storage]", f'path = "{root}"', f"segment_seconds = {SEGMENT_SECONDS}", "",
+             "[api]", f'listen = "{listen}"']  # fmt: skip
+    for cam_id, url in urls.items():
+        lines += ["", "[[cameras]]", f'id = "{cam_id}"', f'url = "{url}"', 'transport = "tcp"',
+                  'audio = "off"']  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def run_ours(
     cam: FakeCam,
     cameras: int,
@@ -552,25 +564,9 @@ def run_ours(
     root = workdir / "storage"
     ids = [f"cam-{i:02d}" for i in range(cameras)]
     port = free_port()
-    lines = [
-        "[storage]",
-        f'path = "{root}"',
-        f"segment_seconds = {SEGMENT_SECONDS}",
-        "",
-        "[api]",
-        f'listen = "{LOOPBACK}:{port}"',
-    ]
-    for cam_id, mount in zip(ids, camera_mounts(codec, cameras), strict=True):
-        lines += [
-            "",
-            "[[cameras]]",
-            f'id = "{cam_id}"',
-            f'url = "{cam.url(mount)}"',
-            'transport = "tcp"',
-            'audio = "off"',
-        ]
+    urls = {i: cam.url(m) for i, m in zip(ids, camera_mounts(codec, cameras), strict=True)}
     config = workdir / "nvr.toml"
-    config.write_text("\n".join(lines) + "\n")
+    config.write_text(nvr_config(root, urls, f"{LOOPBACK}:{port}"))
     log = workdir / "nvr.log"
     env = nvr_env(nvr_src)
     scraper = LagScraper(f"http://{LOOPBACK}:{port}/metrics", "", time.monotonic())
@@ -832,13 +828,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--recorders", default="ours,ffmpeg", help="comma-separated: ours,ffmpeg")
     p.add_argument("--out", type=Path, help="JSON results file (required unless --table-from)")
-    p.add_argument(
-        "--nvr-src",
-        type=Path,
-        default=None,
-        help="run ours with this directory first on PYTHONPATH (a snapshot of src/, e.g. "
-        "from `git archive`), so edits in the working tree during a run do not leak in",
-    )
+    add_nvr_src_argument(p)
     p.add_argument("--table-from", type=Path, help="only print the tables of a results file")
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)

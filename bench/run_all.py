@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from procfs import VENV_PYTHON
+from procfs import VENV_PYTHON, add_nvr_src_argument
 
 BENCH = Path(__file__).resolve().parent
 NAMES = ("record", "clip", "index_scale", "soak")
@@ -96,11 +96,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--out-dir", type=Path, required=True, help="where <name>.json/.md go")
     p.add_argument("--quick", action="store_true", help="the small settings (minutes, not hours)")
-    p.add_argument(
-        "--nvr-src",
-        type=Path,
-        help="a snapshot of src/ (e.g. from `git archive`) for every benchmark to measure",
-    )
+    add_nvr_src_argument(p)
     p.add_argument(
         "--only",
         default=",".join(NAMES),

@@ -48,6 +48,7 @@ from pathlib import Path
 from procfs import (
     NVR_BIN,
     REPO_ROOT,
+    add_nvr_src_argument,
     cpu_s,
     fd_count,
     machine_facts,
@@ -55,11 +56,10 @@ from procfs import (
     status_kib,
     task_count,
 )
-from record import LOOPBACK, MOUNTS, wait_idle
+from record import LOOPBACK, MOUNTS, SEGMENT_SECONDS, nvr_config, wait_idle
 
 from support.fakecam import FakeCam  # importable once record has put tests/ on sys.path
 
-SEGMENT_SECONDS = 60
 HZ = 90_000
 
 
@@ -380,27 +380,8 @@ def log_summary(log: Path) -> dict[str, object]:
 
 
 def write_config(cam: FakeCam, cameras: int, root: Path, path: Path) -> dict[str, str]:
-    lines = [
-        "[storage]",
-        f'path = "{root}"',
-        f"segment_seconds = {SEGMENT_SECONDS}",
-        "",
-        "[api]",
-        f'listen = "{LOOPBACK}:0"',
-    ]
-    mounts: dict[str, str] = {}
-    for i in range(cameras):
-        cam_id = f"cam-{i:02d}"
-        mounts[cam_id] = MOUNTS[i % 2]
-        lines += [
-            "",
-            "[[cameras]]",
-            f'id = "{cam_id}"',
-            f'url = "{cam.url(MOUNTS[i % 2])}"',
-            'transport = "tcp"',
-            'audio = "off"',
-        ]
-    path.write_text("\n".join(lines) + "\n")
+    mounts = {f"cam-{i:02d}": MOUNTS[i % 2] for i in range(cameras)}
+    path.write_text(nvr_config(root, {c: cam.url(m) for c, m in mounts.items()}, f"{LOOPBACK}:0"))
     return mounts
 
 
@@ -624,12 +605,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="JSON results file")
     p.add_argument("--table-from", type=Path, help="only print the report of a results file")
     p.add_argument("--table-every-s", type=float, default=300.0, help="rows of the time table")
-    p.add_argument(
-        "--nvr-src",
-        type=Path,
-        default=None,
-        help="run nvr with this directory first on PYTHONPATH (a snapshot of src/)",
-    )
+    add_nvr_src_argument(p)
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--fps", type=int, default=25)

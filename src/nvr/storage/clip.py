@@ -19,7 +19,6 @@ import asyncio
 import bisect
 import json
 import os
-import struct
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,13 @@ from nvr.errors import StorageError
 from nvr.storage.index import Index
 from nvr.storage.index_rows import SegmentRow
 from nvr.storage.model import Fragment, SegmentState
-from nvr.storage.mp4_samples import Track, TrackFragment, parse_fragment, parse_tracks
+from nvr.storage.mp4_samples import (
+    BOX_HEAD,
+    Track,
+    TrackFragment,
+    parse_fragment,
+    parse_tracks,
+)
 from nvr.storage.mp4_write import Chunk, Edit, TrackLayout, clip_header
 from nvr.storage.mp4box import parse_box_header
 
@@ -41,7 +46,6 @@ _SEAM_SLACK_90K = 900  # 10 ms: less than any frame, more than a seam's rounding
 # A file whose moofs are larger is read in larger reads after its first.
 _MOOF_READ_BYTES = 512
 _MOOF_READ_MAX = 64 * 1024
-_BOX_HEAD = struct.Struct(">I4s")
 
 
 class NoRecordingError(StorageError):
@@ -169,7 +173,7 @@ def _read_segment(root: Path, row: SegmentRow, frags: Sequence[Fragment]) -> _Se
         for frag in frags:
             offset = frag.byte_offset
             data = os.pread(fd, min(want, frag.size_bytes), offset)
-            size, box_type = _BOX_HEAD.unpack_from(data) if len(data) >= 8 else (0, b"")
+            size, box_type = BOX_HEAD.unpack_from(data) if len(data) >= 8 else (0, b"")
             if box_type == b"moof" and 8 <= size <= len(data):  # the common case, inline
                 moof = data[8:size]
             else:

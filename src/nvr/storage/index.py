@@ -543,25 +543,18 @@ class Index(LifecycleQueries, AccessQueries):
 
     async def segment_fragments(self, segment_id: int) -> tuple[Fragment, ...]:
         """The segment's fragment map; empty while the segment is open."""
-        what = f"segment_fragments(segment {segment_id})"
-        sql = "SELECT fragments FROM segment WHERE id = ?"
-        async with self._read(what, sql, (segment_id,)) as cur:
-            row = await cur.fetchone()
-        if row is None:
+        found = await self.segments_fragments([segment_id])
+        if segment_id not in found:
+            what = f"segment_fragments(segment {segment_id})"
             raise StorageError(f"index {self._path}: {what}: no such segment")
-        if row[0] is None:
-            return ()
-        try:
-            return decode_fragments(row[0])
-        except StorageError as e:
-            raise StorageError(f"index {self._path}: {what}: {e}") from e
+        return found[segment_id]
 
     async def segments_fragments(
         self, segment_ids: Sequence[int]
     ) -> dict[int, tuple[Fragment, ...]]:
-        """``segment_fragments`` of many segments in one query per 500 (a clip of an hour
-        needs 61): each id that has a row maps to its fragment map; an id without a row is
-        left out."""
+        """The fragment maps of many segments, in one query per 500 (a clip of an hour needs
+        61): each id that has a row maps to its map (empty while the segment is open); an id
+        without a row is left out."""
         ids = list(segment_ids)
         found: dict[int, tuple[Fragment, ...]] = {}
         for i in range(0, len(ids), 500):

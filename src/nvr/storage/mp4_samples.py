@@ -39,7 +39,7 @@ from nvr.storage.mp4box import (
     _need,
 )
 
-_HEAD = struct.Struct(">I4s")  # box size, type
+BOX_HEAD = struct.Struct(">I4s")  # box size, type
 # Far beyond any fragment we write (a second or two of frames): a corrupt count is refused
 # instead of becoming a table of billions of defaults.
 _MAX_TRUN_SAMPLES = 1 << 20
@@ -172,7 +172,7 @@ def _boxes(buf: bytes, pos: int, end: int, where: str) -> list[tuple[bytes, int,
     while pos < end:
         if end - pos < 8:
             raise Mp4FormatError(f"truncated box header inside {where} at {pos}")
-        size, box_type = _HEAD.unpack_from(buf, pos)
+        size, box_type = BOX_HEAD.unpack_from(buf, pos)
         header = 8
         if size < 8:
             size, header = _odd_size(buf, pos, end, where)
@@ -189,7 +189,7 @@ def _boxes(buf: bytes, pos: int, end: int, where: str) -> list[tuple[bytes, int,
 def _odd_size(buf: bytes, pos: int, end: int, where: str) -> tuple[int, int]:
     """(size, header size) of the box at ``pos`` whose 32-bit size is 0 (to the end of its
     parent), 1 (a 64-bit size follows) or too small."""
-    size, box_type = _HEAD.unpack_from(buf, pos)
+    size, box_type = BOX_HEAD.unpack_from(buf, pos)
     if size == 0:
         return end - pos, 8
     if size == 1:
